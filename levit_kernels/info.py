@@ -1,0 +1,56 @@
+"""`levit_kernels.info()`: what this installation can run, for bug reports and benchmarks."""
+from __future__ import annotations
+
+import importlib.util
+import platform
+from typing import Dict
+
+import torch
+
+
+def collect() -> Dict[str, str]:
+    from . import __version__, cpu
+    facts = {
+        "levit_kernels": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {cpu_model_name()}",
+        "torch threads": str(torch.get_num_threads()),
+        "cpu extension": "built" if cpu.available() else f"missing ({cpu.unavailable_reason()})",
+        "cpu isa": cpu.isa() if cpu.available() else "-",
+        "triton": _triton_version(),
+        "cuda": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                 else "not available"),
+    }
+    return facts
+
+
+def info() -> Dict[str, str]:
+    """Print and return versions, CPU ISA in use, threads, extension/Triton/CUDA status."""
+    facts = collect()
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}")
+    return facts
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _triton_version() -> str:
+    # find_spec only: importing triton here would fix TRITON_INTERPRET for the process.
+    if importlib.util.find_spec("triton") is None:
+        return "not installed (GPU kernels unavailable)"
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("triton")
+    except PackageNotFoundError:
+        return "installed"

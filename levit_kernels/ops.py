@@ -1,0 +1,161 @@
+"""The `levit::*` torch ops: one schema each, input checks, device dispatch, fake impls.
+
+    levit::attention(q, k, v, bias, scale, hardswish)      -> (B, Nq, H*Dv)
+    levit::attention_probs(q, k, bias, scale)              -> (B, H, Nq, Nk)
+    levit::linear(x, weight, bias, residual, activation)   -> (..., N)
+    levit::mlp(x, w1, b1, w2, b2)                          -> (..., C)
+    levit::linear_packed / levit::mlp_packed               CPU only: weights from cpu.pack_weight
+
+CPU tensors run the C++ kernels (levit_kernels.cpu), CUDA tensors the Triton kernels
+(levit_kernels.gpu); both are imported on first use, so importing this module touches neither
+CUDA nor Triton. The ops are opaque to torch.compile (custom_op with a fake implementation),
+so `torch.compile(model, fullgraph=True)` traces them without graph breaks. Empty inputs are
+answered by the reference (empty in, empty out; an empty reduction gives what PyTorch gives).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import custom_op
+
+from . import checks, reference
+
+
+def _kernels(device: torch.device):
+    """The launcher module for a device: levit_kernels.cpu or levit_kernels.gpu."""
+    if device.type == "cpu":
+        from . import cpu
+        cpu.require()
+        return cpu
+    if device.type == "cuda":
+        from . import gpu
+        return gpu
+    raise ValueError(f"levit_kernels ops run on cpu or cuda tensors, got device {device}")
+
+
+# -- attention -------------------------------------------------------------------------------
+@custom_op("levit::attention", mutates_args=(), device_types=("cpu", "cuda"))
+def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+               hardswish: bool) -> Tensor:
+    batch, heads, n_q, n_k, _, d_v = checks.check_attention(q, k, v, bias)
+    if batch * n_q * heads * d_v == 0 or n_k == 0 or q.shape[-1] == 0:
+        return reference.attention(q, k, v, bias, scale, hardswish).contiguous()
+    return _kernels(q.device).attention(q, k, v, bias, scale, hardswish)
+
+
+@_attention.register_fake
+def _(q, k, v, bias, scale, hardswish):
+    batch, heads, n_q, _, _, d_v = checks.check_attention(q, k, v, bias)
+    return q.new_empty((batch, n_q, heads * d_v))
+
+
+@custom_op("levit::attention_probs", mutates_args=(), device_types=("cpu", "cuda"))
+def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
+    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias)
+    if batch * heads * n_q * n_k == 0 or d_k == 0:
+        return reference.attention_probs(q, k, bias, scale).contiguous()
+    return _kernels(q.device).attention_probs(q, k, bias, scale)
+
+
+@_attention_probs.register_fake
+def _(q, k, bias, scale):
+    batch, heads, n_q, n_k, _, _ = checks.check_attention(q, k, None, bias)
+    return q.new_empty((batch, heads, n_q, n_k))
+
+
+# -- linear / mlp ----------------------------------------------------------------------------
+@custom_op("levit::linear", mutates_args=(), device_types=("cpu", "cuda"))
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+            activation: str) -> Tensor:
+    k_in, n_out = checks.check_linear(x, weight, bias, residual, activation)
+    if x.numel() == 0 or k_in == 0 or n_out == 0:
+        return reference.linear(x, weight, bias, residual, activation).contiguous()
+    return _kernels(x.device).linear(x, weight, bias, residual, activation)
+
+
+@_linear.register_fake
+def _(x, weight, bias, residual, activation):
+    _, n_out = checks.check_linear(x, weight, bias, residual, activation)
+    return x.new_empty(tuple(x.shape[:-1]) + (n_out,))
+
+
+@custom_op("levit::mlp", mutates_args=(), device_types=("cpu", "cuda"))
+def _mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    channels, hidden = checks.check_mlp(x, w1, b1, w2, b2)
+    if x.numel() == 0 or hidden == 0:
+        return reference.mlp(x, w1, b1, w2, b2).contiguous()
+    return _kernels(x.device).mlp(x, w1, b1, w2, b2)
+
+
+@_mlp.register_fake
+def _(x, w1, b1, w2, b2):
+    checks.check_mlp(x, w1, b1, w2, b2)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# -- CPU ops on pre-packed weights (what the fused model runs on CPU) ------------------------
+@custom_op("levit::linear_packed", mutates_args=(), device_types="cpu")
+def _linear_packed(x: Tensor, packed_weight: Tensor, out_features: int, bias: Optional[Tensor],
+                   residual: Optional[Tensor], activation: str) -> Tensor:
+    checks.check_linear(x, packed_weight, bias, residual, activation, out_features=out_features)
+    return _kernels(x.device).linear_packed(x, packed_weight, out_features, bias, residual,
+                                            activation)
+
+
+@_linear_packed.register_fake
+def _(x, packed_weight, out_features, bias, residual, activation):
+    checks.check_linear(x, packed_weight, bias, residual, activation, out_features=out_features)
+    return x.new_empty(tuple(x.shape[:-1]) + (out_features,))
+
+
+@custom_op("levit::mlp_packed", mutates_args=(), device_types="cpu")
+def _mlp_packed(x: Tensor, w1_packed: Tensor, b1: Tensor, w2_packed: Tensor,
+                b2: Tensor) -> Tensor:
+    checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
+    return _kernels(x.device).mlp_packed(x, w1_packed, b1, w2_packed, b2)
+
+
+@_mlp_packed.register_fake
+def _(x, w1_packed, b1, w2_packed, b2):
+    checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# -- public wrappers: keyword defaults, the same checks ---------------------------------------
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+              hardswish: bool = False) -> Tensor:
+    """act(softmax(scale * q @ k^T + bias) @ v) as (B, Nq, H*Dv); see levit::attention."""
+    return torch.ops.levit.attention(q, k, v, bias, float(scale), bool(hardswish))
+
+
+def attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
+    """softmax(scale * q @ k^T + bias) as (B, H, Nq, Nk)."""
+    return torch.ops.levit.attention_probs(q, k, bias, float(scale))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+           residual: Optional[Tensor] = None, activation: str = "none") -> Tensor:
+    """act(x @ weight^T + bias) + residual, act in {"none", "hardswish"}."""
+    checks.check_activation(activation)
+    return torch.ops.levit.linear(x, weight, bias, residual, activation)
+
+
+def mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """x + hardswish(x @ w1^T + b1) @ w2^T + b2."""
+    return torch.ops.levit.mlp(x, w1, b1, w2, b2)
+
+
+def linear_packed(x: Tensor, packed_weight: Tensor, out_features: int,
+                  bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+                  activation: str = "none") -> Tensor:
+    """linear() with a weight packed once by levit_kernels.cpu.pack_weight (CPU only)."""
+    checks.check_activation(activation)
+    return torch.ops.levit.linear_packed(x, packed_weight, int(out_features), bias, residual,
+                                         activation)
+
+
+def mlp_packed(x: Tensor, w1_packed: Tensor, b1: Tensor, w2_packed: Tensor, b2: Tensor) -> Tensor:
+    """mlp() with both weights packed by levit_kernels.cpu.pack_weight (CPU only)."""
+    return torch.ops.levit.mlp_packed(x, w1_packed, b1, w2_packed, b2)
