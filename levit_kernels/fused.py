@@ -22,10 +22,10 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import checks, ops
 from .model import AttentionDownsample, LeViT, LevitMlp, check_images
 
-_warned_no_extension = False
+_warned = set()      # one warning per reason per process
 
 
 def _bn_scale_shift(bn):
@@ -188,32 +188,49 @@ def get_plan(model: LeViT, images: torch.Tensor) -> FusedPlan:
     return plan
 
 
+def kernels_support(device: torch.device, dtype: torch.dtype) -> bool:
+    allowed = {"cpu": checks.CPU_DTYPES, "cuda": checks.CUDA_DTYPES}.get(device.type, ())
+    return dtype in allowed
+
+
 def prepare(model: LeViT) -> None:
     """Build the plan for the model's own device and dtype (called on eval(), .to(), loads)."""
     param = next(model.parameters(), None)
-    if param is None or param.device.type == "meta" or extension_missing(param, warn=False):
+    if (param is None or not kernels_support(param.device, param.dtype)
+            or extension_missing(param, warn=False)):
         return
     with torch.no_grad():
         model._fused_cache = FusedPlan(model, param.device, param.dtype)
 
 
+def _warn_once(key, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def extension_missing(images: torch.Tensor, warn: bool = True) -> bool:
     """True (and a one-time warning) when CPU images cannot use the C++ kernels."""
-    global _warned_no_extension
     if images.device.type != "cpu":
         return False
     from . import cpu
-    if cpu.available():
+    if cpu.is_available():
         return False
-    if warn and not _warned_no_extension:
-        warnings.warn(f"LeViT(fused=True) runs the plain PyTorch path on CPU: "
-                      f"{cpu.unavailable_reason()}", RuntimeWarning, stacklevel=3)
-        _warned_no_extension = True
+    if warn:
+        _warn_once("extension", f"LeViT(fused=True) runs the plain PyTorch path on CPU: "
+                                f"{cpu.unavailable_reason()}")
     return True
 
 
 def fused_forward(model: LeViT, images: torch.Tensor) -> torch.Tensor:
     check_images(images, model.img_size)
+    dtype = _compute_dtype(model, images)
+    if not kernels_support(images.device, dtype):
+        _warn_once(("dtype", images.device.type, dtype),
+                   f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
+                   f"{images.device.type}: the fused kernels take "
+                   f"{'float32' if images.device.type == 'cpu' else 'float16/bfloat16/float32'}")
+        return model.forward_head(model.forward_features(images))
     if extension_missing(images):
         return model.forward_head(model.forward_features(images))
     with torch.no_grad():

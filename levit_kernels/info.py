@@ -16,8 +16,8 @@ def collect() -> Dict[str, str]:
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {cpu_model_name()}",
         "torch threads": str(torch.get_num_threads()),
-        "cpu extension": "built" if cpu.available() else f"missing ({cpu.unavailable_reason()})",
-        "cpu isa": cpu.isa() if cpu.available() else "-",
+        "cpu extension": "built" if cpu.is_available() else f"missing ({cpu.unavailable_reason()})",
+        "cpu isa": cpu.isa() if cpu.is_available() else "-",
         "triton": _triton_version(),
         "cuda": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                  else "not available"),

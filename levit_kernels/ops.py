@@ -27,7 +27,7 @@ def _kernels(device: torch.device):
     """The launcher module for a device: levit_kernels.cpu or levit_kernels.gpu."""
     if device.type == "cpu":
         from . import cpu
-        cpu.require()
+        cpu._lib()  # raises, naming the fix, when the extension is not built
         return cpu
     if device.type == "cuda":
         from . import gpu

@@ -1,0 +1,206 @@
+"""Whole-model speed comparison: reference vs fused LeViT, and the peers a user could pick.
+
+Every provider runs the same weights on the same synthetic images in one process, one after
+another, so the ratios are taken in one run. A provider is a callable images -> logits built
+by one of the `make_*` functions; `run_benchmark` times each and reports images/s, speed-up
+over the reference, and the largest logit difference from the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .model import LeViT
+
+PEERS = ("onnxruntime", "openvino")
+
+
+@dataclass
+class Result:
+    provider: str
+    images_per_s: float
+    median_ms: float
+    iterations: int
+    speedup: float = float("nan")
+    max_abs_diff: float = float("nan")
+    error: str = ""
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable, images, device, seconds: float, min_iters: int = 3,
+                  warmup: int = 2):
+    """Median wall time of fn(images) over at least `min_iters` calls or `seconds`."""
+    for _ in range(warmup):
+        fn(images)
+    _sync(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn(images)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(times)
+
+
+def make_models(variant: str, device: str, dtype: torch.dtype, batch: int,
+                img_size=224, seed: int = 0):
+    """Reference and fused models sharing one set of random weights (BN statistics too)."""
+    gen = torch.Generator().manual_seed(seed)
+    reference = LeViT(variant, img_size=img_size).eval()
+    with torch.no_grad():
+        for name, t in reference.state_dict().items():
+            if t.dtype.is_floating_point:
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                elif t.ndim >= 2:
+                    t.copy_(torch.randn(t.shape, generator=gen) / t[0].numel() ** 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+    fused = LeViT(variant, fused=True, img_size=img_size)
+    fused.load_state_dict(reference.state_dict())
+    reference.to(device=device, dtype=dtype)
+    fused.to(device=device, dtype=dtype).eval()
+    size = reference.img_size
+    images = torch.randn(batch, 3, *size, generator=gen).to(device=device, dtype=dtype)
+    return reference, fused, images
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def torch_provider(model, device, amp_dtype=None, compile_mode: Optional[str] = None,
+                   fullgraph: bool = False):
+    run = model
+    if compile_mode is not None:
+        run = torch.compile(model, mode=None if compile_mode == "default" else compile_mode,
+                            fullgraph=fullgraph)
+
+    def call(images):
+        with torch.no_grad(), _autocast(device, amp_dtype):
+            return run(images)
+    return call
+
+
+def onnxruntime_provider(model, images, threads: int, workdir: str):
+    import onnxruntime as ort
+    path = export_onnx(model, images, workdir)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def openvino_provider(model, images, threads: int):
+    import openvino as ov
+    ov_model = ov.convert_model(model, example_input=images)
+    # Sapphire Rapids and newer default to bf16 inference: pin f32 so every provider computes
+    # in the same precision.
+    compiled = ov.Core().compile_model(ov_model, "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda x: torch.from_numpy(request.infer([x.numpy()])[compiled.output(0)].copy())
+
+
+def export_onnx(model, images, workdir: str) -> str:
+    import os
+    path = os.path.join(workdir, "levit.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (images,), path, input_names=["images"],
+                          output_names=["logits"], opset_version=17, dynamo=False)
+    return path
+
+
+def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, device="cpu",
+                  dtype="float32", amp: bool = False, compare: bool = False,
+                  compile_models: bool = False, seconds: float = 3.0, img_size=224,
+                  progress=sys.stderr) -> Dict:
+    """Time every provider; returns {"config": ..., "results": [Result, ...]}."""
+    import tempfile
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    device_t = torch.device(device)
+    dtype_t = getattr(torch, dtype)
+    amp_dtype = dtype_t if amp else None
+    model_dtype = torch.float32 if amp else dtype_t
+    reference, fused, images = make_models(variant, device, model_dtype, batch, img_size)
+
+    providers: Dict[str, Callable[[], Callable]] = {
+        "reference": lambda: torch_provider(reference, device_t, amp_dtype),
+        "fused": lambda: torch_provider(fused, device_t, amp_dtype),
+    }
+    if compile_models:
+        providers["reference+compile"] = lambda: torch_provider(reference, device_t, amp_dtype,
+                                                                "default")
+        providers["fused+compile"] = lambda: torch_provider(fused, device_t, amp_dtype,
+                                                            "default", fullgraph=True)
+    workdir = tempfile.mkdtemp(prefix="levit_bench_")
+    if compare and device_t.type == "cpu" and model_dtype == torch.float32:
+        providers["onnxruntime"] = lambda: onnxruntime_provider(reference, images, threads,
+                                                                workdir)
+        providers["openvino"] = lambda: openvino_provider(reference, images, threads)
+
+    results: List[Result] = []
+    expected = None
+    for i, (name, build) in enumerate(providers.items(), 1):
+        print(f"[{i}/{len(providers)}] {name}: building and timing for ~{seconds:g}s ...",
+              file=progress, flush=True)
+        try:
+            fn = build()
+            with torch.no_grad():
+                out = fn(images).float().cpu()
+            median, iters = time_callable(fn, images, device_t, seconds)
+        except ImportError as exc:
+            results.append(Result(name, float("nan"), float("nan"), 0,
+                                  error=f"not installed ({exc.name})"))
+            continue
+        except Exception as exc:   # a peer failing must not hide the other numbers
+            results.append(Result(name, float("nan"), float("nan"), 0,
+                                  error=f"{type(exc).__name__}: {exc}"[:200]))
+            continue
+        if expected is None:
+            expected = out
+        res = Result(name, batch / median, median * 1e3, iters,
+                     max_abs_diff=(out - expected).abs().max().item())
+        results.append(res)
+    base = results[0].images_per_s
+    for res in results:
+        res.speedup = res.images_per_s / base
+    from .info import collect
+    config = dict(variant=variant, batch=batch, threads=threads, device=device, dtype=dtype,
+                  amp=amp, img_size=img_size, seconds=seconds, **collect())
+    return {"config": config, "results": [asdict(r) for r in results]}
+
+
+def format_table(report: Dict) -> str:
+    cfg = report["config"]
+    lines = [f"{cfg['variant']}  batch {cfg['batch']}  {cfg['device']} {cfg['dtype']}"
+             f"{' (autocast)' if cfg['amp'] else ''}  threads {cfg['threads']}  "
+             f"torch {cfg['torch']}  {cfg['machine']}",
+             f"{'provider':<20} {'images/s':>10} {'ms/batch':>10} {'speed-up':>9} "
+             f"{'max |Δlogit|':>13}"]
+    for r in report["results"]:
+        if r["error"]:
+            lines.append(f"{r['provider']:<20} {'-':>10} {'-':>10} {'-':>9} {'-':>13}  "
+                         f"{r['error']}")
+            continue
+        lines.append(f"{r['provider']:<20} {r['images_per_s']:>10.1f} {r['median_ms']:>10.2f} "
+                     f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>13.2e}")
+    return "\n".join(lines)

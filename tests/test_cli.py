@@ -1,0 +1,88 @@
+"""The `levit-kernels` command on tiny settings: every subcommand, and its error handling."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from levit_kernels import LeViT, cpu
+from levit_kernels.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "levit_kernels", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_bench_small(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--variant", "128S", "--batch", "1", "--threads", "1",
+                 "--seconds", "0.2", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "reference" in table and "fused" in table
+    report = json.loads(out.read_text())
+    results = {r["provider"]: r for r in report["results"]}
+    assert results["fused"]["images_per_s"] > 0
+    assert results["fused"]["max_abs_diff"] < 1e-3
+    assert report["config"]["threads"] == 1 and report["config"]["variant"] == "LeViT-128S"
+
+
+def test_summary_lists_every_variant(capsys):
+    assert main(["summary"]) == 0
+    text = capsys.readouterr().out
+    for name in ("LeViT-128S", "LeViT-384", "LeViT-A1", "LeViT-A6"):
+        assert name in text
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "torch" in text and "cpu isa" in text and "triton" in text
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_profile(capsys):
+    assert main(["profile"]) == 0
+    text = capsys.readouterr().out
+    for row in ("Q/K projection", "attention x V", "MLP", "total", "LeViT-256 fused"):
+        assert row in text
+
+
+def test_biases_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = LeViT("128S")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("attention_biases"):
+                p.copy_(torch.randn_like(p))
+    ckpt = tmp_path / "w.pth"
+    torch.save(model.state_dict(), ckpt)
+    png = tmp_path / "maps.png"
+    assert main(["biases", "--checkpoint", str(ckpt), "--variant", "128S", "--blocks", "0,2",
+                 "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--variant", "LeViT-999"], "unknown LeViT variant"),
+    (["bench", "--batch", "0"], "positive integer"),
+    (["bench", "--frobnicate"], "unrecognized arguments"),
+    (["bench", "--dtype", "float16"], "float32 only"),
+    (["biases", "--checkpoint", "/nonexistent/w.pth"], "no such file"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_cli("biases", "--checkpoint", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot load" in result.stderr

@@ -1,0 +1,133 @@
+"""LeViT(fused=True): same logits as the plain model, a cache that is never stale."""
+import copy
+
+import pytest
+import torch
+
+from levit_kernels import LeViT, cpu, load_checkpoint
+from levit_kernels.checkpoint import resize_attention_biases
+
+from levit_testing import randomize_
+
+pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+
+PAPER = ["LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"]
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def pair(variant="LeViT-128S", **kwargs):
+    """A plain model and a fused one with the same random weights, both in eval mode."""
+    plain = randomize_(LeViT(variant, **kwargs)).eval()
+    fused = LeViT(variant, fused=True, **kwargs)
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused.eval()
+
+
+@pytest.mark.parametrize("variant", PAPER)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fused_logits_match_plain(variant, batch):
+    plain, fused = pair(variant)
+    images = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
+@pytest.mark.parametrize("img_size", [256, 288, (224, 320), 200])
+def test_other_resolutions(img_size):
+    plain, fused = pair("LeViT-128S", img_size=img_size)
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    images = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
+def test_non_square_bias_tables_match_timm():
+    timm = pytest.importorskip("timm")
+    ref = randomize_(timm.create_model("levit_128s", img_size=(224, 320))).eval()
+    ours = LeViT("128S", img_size=(224, 320))
+    ours.load_state_dict(ref.state_dict())
+    images = torch.randn(1, 3, 224, 320)
+    with torch.no_grad():
+        assert rel_err(ours.eval()(images), ref(images)) <= 1e-5
+
+
+def test_checkpoint_from_another_resolution_is_resized():
+    source = randomize_(LeViT("128S")).eval()
+    target = LeViT("128S", img_size=288, fused=True)
+    load_checkpoint(target, source.state_dict())
+    old = source.stages[0].blocks[0].attn.attention_biases.detach()          # 14x14 grid
+    new = target.stages[0].blocks[0].attn.attention_biases.detach()          # 18x18 grid
+    assert new.shape == (old.shape[0], 18 * 18)
+    # offset (0, 0) and the farthest offset keep their learned values exactly
+    torch.testing.assert_close(new[:, 0], old[:, 0])
+    torch.testing.assert_close(new[:, -1], old[:, -1])
+    with torch.no_grad():
+        assert torch.isfinite(target.eval()(torch.randn(1, 3, 288, 288))).all()
+    # a table already at the target size is unchanged
+    table = torch.randn(3, 49)
+    torch.testing.assert_close(resize_attention_biases(table, (7, 7)), table)
+
+
+def test_cache_is_never_stale():
+    plain, fused = pair()
+    images = torch.randn(2, 3, 224, 224)
+
+    def check():
+        with torch.no_grad():
+            assert rel_err(fused(images), plain.eval()(images)) <= 1e-5
+
+    check()
+    with torch.no_grad():                               # in-place edits, several kinds
+        for model in (plain, fused):
+            model.stages[0].blocks[0].attn.attention_biases.add_(1.0)
+            model.stages[1].blocks[0].mlp.ln1.bn.running_var.mul_(2.0)
+            model.head.linear.weight.mul_(-1.0)
+    check()
+    other = randomize_(LeViT("128S"))                    # load_state_dict and load_checkpoint
+    plain.load_state_dict(other.state_dict())
+    fused.load_state_dict(other.state_dict())
+    check()
+    other = randomize_(LeViT("128S"))
+    load_checkpoint(plain, other.state_dict())
+    load_checkpoint(fused, other.state_dict())
+    check()
+    fused.train()                                       # train mode runs the plain path
+    fused.eval()
+    check()
+    for model in (plain, fused):                        # .to(): edit in float64, come back
+        model.double()
+        with torch.no_grad():
+            model.stages[2].blocks[0].attn.proj.ln.linear.weight.mul_(0.5)
+        model.float()
+    check()
+    with torch.no_grad():                               # assigning .data replaces storage
+        w = fused.stages[0].blocks[1].mlp.ln2.linear.weight
+        w.data = w.data * 3
+        plain.stages[0].blocks[1].mlp.ln2.linear.weight.data *= 3
+    check()
+
+
+def test_training_mode_runs_plain_path_with_gradients():
+    _, fused = pair()
+    fused.train()
+    out, out_dist = fused(torch.randn(2, 3, 224, 224))
+    (out.sum() + out_dist.sum()).backward()
+    assert fused.stages[0].blocks[0].attn.attention_biases.grad is not None
+
+
+def test_deepcopy_and_features_only():
+    plain, fused = pair(num_classes=0)
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert rel_err(copy.deepcopy(fused)(images), plain(images)) <= 1e-5
+
+
+def test_torch_compile_fullgraph_same_logits():
+    plain, fused = pair()
+    images = torch.randn(2, 3, 224, 224)
+    compiled = torch.compile(fused, fullgraph=True)
+    with torch.no_grad():
+        assert rel_err(compiled(images), plain(images)) <= 1e-5
