@@ -1,0 +1,71 @@
+"""Whole-model speed: reference (fused=False) vs fused LeViT, and the CPU peers.
+
+    python -m pytest benchmarks/bench_model.py --benchmark-json=model.json
+    python benchmarks/report.py model.json --png model.png
+
+Groups are "<variant> <device> b<batch> t<threads>"; providers: reference, fused, and on CPU
+onnxruntime / openvino when installed (same weights, pinned to float32 and the same threads).
+CPU settings are the issue's: 1 thread batch 16 (the paper's protocol) and 2 threads batch 1.
+"""
+import pytest
+import torch
+
+from levit_kernels.benchmark import (make_models, onnxruntime_provider, openvino_provider,
+                                     torch_provider)
+
+VARIANTS = ["LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"]
+CPU_SETTINGS = [(1, 16), (2, 1)]              # (threads, batch)
+PROVIDERS = ["reference", "fused", "onnxruntime", "openvino"]
+
+_cache = {}
+
+
+def _setup(variant, device, threads, batch):
+    key = (variant, device, batch)
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = make_models(variant, device, torch.float32, batch)
+    torch.set_num_threads(threads)
+    return _cache[key]
+
+
+def _provider(name, reference, fused, images, threads, tmp_path):
+    device = images.device
+    if name == "reference":
+        return torch_provider(reference, device)
+    if name == "fused":
+        return torch_provider(fused, device)
+    if name == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+        return onnxruntime_provider(reference, images, threads, str(tmp_path))
+    pytest.importorskip("openvino")
+    return openvino_provider(reference, images, threads)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("threads,batch", CPU_SETTINGS, ids=[f"t{t}-b{b}" for t, b in CPU_SETTINGS])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_cpu(benchmark, variant, threads, batch, provider, tmp_path):
+    reference, fused, images = _setup(variant, "cpu", threads, batch)
+    fn = _provider(provider, reference, fused, images, threads, tmp_path)
+    benchmark.group = f"{variant} cpu b{batch} t{threads}"
+    benchmark.extra_info.update(images=batch, threads=threads)
+    with torch.no_grad():
+        benchmark.pedantic(fn, args=(images,), rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("provider", ["reference", "fused"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_cuda(benchmark, variant, provider):
+    batch = 1024 if variant == "LeViT-384" else 2048
+    reference, fused, images = _setup(variant, "cuda", torch.get_num_threads(), batch)
+    fn = torch_provider(reference if provider == "reference" else fused, images.device,
+                        amp_dtype=torch.float16)
+
+    def timed():
+        fn(images)
+        torch.cuda.synchronize()
+    benchmark.group = f"{variant} cuda b{batch} fp16-autocast"
+    benchmark.extra_info.update(images=batch)
+    benchmark.pedantic(timed, rounds=10, iterations=1, warmup_rounds=2)

@@ -1,0 +1,87 @@
+"""Turn a pytest-benchmark JSON into a Markdown table and a PNG bar chart of speed-ups.
+
+    python benchmarks/report.py RESULTS.json [--png speedups.png]
+
+Within each benchmark group the provider named "reference" is the baseline: every row gives
+the median time, throughput (when the benchmark recorded `images` in extra_info) and the
+speed-up over that baseline, all from the one run the JSON holds.
+"""
+import argparse
+import json
+import re
+from collections import OrderedDict
+
+
+def provider_of(bench):
+    params = bench.get("params") or {}
+    if "provider" in params:
+        return params["provider"]
+    match = re.search(r"\[(.*)\]", bench["name"])
+    return match.group(1).split("-")[-1] if match else bench["name"]
+
+
+def load_groups(path):
+    with open(path) as f:
+        data = json.load(f)
+    groups = OrderedDict()
+    for bench in data["benchmarks"]:
+        groups.setdefault(bench["group"] or bench["name"], []).append(bench)
+    return data, groups
+
+
+def markdown(data, groups):
+    info = data.get("machine_info", {})
+    facts = info.get("levit_kernels", {})
+    lines = [f"Measured {data.get('datetime', '?')[:19]} on {facts.get('machine', info.get('cpu', {}).get('brand_raw', '?'))}, "
+             f"torch {facts.get('torch', '?')}, CPU ISA {facts.get('cpu isa', '?')}.", "",
+             "| group | provider | median ms | images/s | speed-up vs reference |",
+             "|---|---|---:|---:|---:|"]
+    for group, benches in groups.items():
+        base = next((b for b in benches if provider_of(b) == "reference"), None)
+        for b in benches:
+            median = b["stats"]["median"]
+            images = b.get("extra_info", {}).get("images")
+            rate = f"{images / median:.1f}" if images else "-"
+            speedup = f"{base['stats']['median'] / median:.2f}x" if base else "-"
+            lines.append(f"| {group} | {provider_of(b)} | {median * 1e3:.3f} | {rate} | {speedup} |")
+    return "\n".join(lines)
+
+
+def plot(groups, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    providers = sorted({provider_of(b) for bs in groups.values() for b in bs} - {"reference"})
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    width = 0.8 / max(1, len(providers))
+    for i, prov in enumerate(providers):
+        values = []
+        for g in names:
+            base = next((b for b in groups[g] if provider_of(b) == "reference"), None)
+            this = next((b for b in groups[g] if provider_of(b) == prov), None)
+            values.append(base["stats"]["median"] / this["stats"]["median"] if base and this else 0)
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=prov)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))])
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("speed-up over reference")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("json")
+    parser.add_argument("--png")
+    args = parser.parse_args()
+    data, groups = load_groups(args.json)
+    print(markdown(data, groups))
+    if args.png:
+        plot(groups, args.png)
+        print(f"\nsaved {args.png}")
+
+
+if __name__ == "__main__":
+    main()
