@@ -1,0 +1,141 @@
+// cpu_features.cpp — runtime ISA detection (CPUID + XGETBV) and the active-path switch.
+//
+// Compiled with baseline flags: it must run on any x86-64 CPU. On other architectures only
+// the generic path exists.
+#include "cpu_features.h"
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define LEVIT_X86 1
+#endif
+
+namespace levit {
+namespace {
+
+struct Features {
+  bool avx2 = false;
+  bool avx512 = false;
+};
+
+#ifdef LEVIT_X86
+uint64_t xgetbv0() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+#endif
+
+Features detect() {
+  Features f;
+#ifdef LEVIT_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+  if (!(osxsave && avx && fma)) return f;
+  const uint64_t xcr0 = xgetbv0();
+  const bool ymm_saved = (xcr0 & 0x6) == 0x6;      // SSE + AVX state
+  const bool zmm_saved = (xcr0 & 0xE6) == 0xE6;    // + opmask, ZMM_Hi256, Hi16_ZMM
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx2 = b & (1u << 5);
+  const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17);
+  const bool avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
+  f.avx2 = ymm_saved && avx2;
+  f.avx512 = f.avx2 && zmm_saved && avx512f && avx512dq && avx512bw && avx512vl;
+#endif
+  return f;
+}
+
+const Features& features() {
+  static const Features f = detect();
+  return f;
+}
+
+Isa best_isa() {
+  if (features().avx512) return Isa::avx512;
+  if (features().avx2) return Isa::avx2;
+  return Isa::generic;
+}
+
+std::string& note() {
+  static std::string n;
+  return n;
+}
+
+Isa initial_isa() {
+  const Isa best = best_isa();
+  note() = std::string("best available on this CPU (") + isa_name(best) + ")";
+  const char* env = std::getenv("LEVIT_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  Isa want;
+  if (!isa_from_name(env, &want)) {
+    note() = std::string("LEVIT_CPU_ISA=") + env + " is not one of generic|avx2|avx512; using " +
+             isa_name(best);
+    return best;
+  }
+  if (!cpu_supports(want)) {
+    note() = std::string("LEVIT_CPU_ISA=") + env + " but this CPU (or OS) lacks it; using " +
+             isa_name(best);
+    return best;
+  }
+  note() = std::string("LEVIT_CPU_ISA=") + env;
+  return want;
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> a{static_cast<int>(initial_isa())};
+  return a;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+bool isa_from_name(const std::string& name, Isa* out) {
+  if (name == "generic") *out = Isa::generic;
+  else if (name == "avx2") *out = Isa::avx2;
+  else if (name == "avx512") *out = Isa::avx512;
+  else return false;
+  return true;
+}
+
+bool cpu_supports(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return features().avx512;
+    case Isa::avx2: return features().avx2;
+    default: return true;
+  }
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (Isa i : {Isa::avx512, Isa::avx2, Isa::generic})
+    if (cpu_supports(i)) out.push_back(isa_name(i));
+  return out;
+}
+
+Isa active_isa() { return static_cast<Isa>(active().load(std::memory_order_relaxed)); }
+
+bool set_isa(Isa isa) {
+  if (!cpu_supports(isa)) return false;
+  active().store(static_cast<int>(isa), std::memory_order_relaxed);
+  note() = std::string("set_isa(\"") + isa_name(isa) + "\")";
+  return true;
+}
+
+const std::string& isa_note() {
+  active();  // make sure the initial choice (and its note) has been made
+  return note();
+}
+
+}  // namespace levit

@@ -1,0 +1,165 @@
+// gemm.cpp — GEMM driver (cache blocking, threads, ISA dispatch), weight packing, the fused
+// residual MLP, and the portable generic block kernel.
+//
+//   out = act(x·Wᵀ + bias) + residual          (gemm_packed)
+//   out = x + hswish(x·W1ᵀ + b1)·W2ᵀ + b2        (mlp_packed)
+//
+// Blocking (BLIS order, A left unpacked because its rows are already contiguous):
+//   K is split into blocks of <= kKc so a kc×NR strip of packed W fits in L1 (32 KB for the
+//   AVX-512 14×32 tile); m is split into blocks of MC rows (an MC×kc block of x lives in L2);
+//   n into blocks of NC columns. One thread task = one (row block, column block) pair, all
+//   K blocks in order, so the epilogue runs exactly once, on the last K block.
+#include "gemm.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_features.h"
+#include "thread_pool.h"
+#include "simd.h"
+
+#ifndef LEVIT_WEIGHT_L2
+#define LEVIT_WEIGHT_L2 (1536 * 1024)
+#endif
+
+namespace levit {
+namespace {
+
+constexpr int64_t kKc = 256;  // max K block
+constexpr int64_t kNc = 128;  // column block (multiple of every NR)
+constexpr int64_t kWeightL2 = LEVIT_WEIGHT_L2;  // see gemm_packed
+
+// ---- generic path: plain loops over a 4×16 tile; the compiler vectorises the 16-wide inner
+// loops with the baseline ISA (SSE2 on x86-64). ----
+constexpr int kGenMr = 4;
+
+void generic_block(const GemmBlock& g) {
+  for (int64_t j = 0; j < g.n; j += kPanel) {
+    const int64_t nc = std::min<int64_t>(kPanel, g.n - j);
+    const float* b = g.b + (j / kPanel) * g.panel_stride;
+    for (int64_t i = 0; i < g.m; i += kGenMr) {
+      const int64_t mr = std::min<int64_t>(kGenMr, g.m - i);
+      float acc[kGenMr][kPanel] = {};
+      for (int64_t k = 0; k < g.kc; ++k) {
+        const float* bk = b + k * kPanel;
+        for (int64_t r = 0; r < mr; ++r) {
+          const float ar = g.a[(i + r) * g.lda + k];
+          for (int c = 0; c < kPanel; ++c) acc[r][c] += ar * bk[c];
+        }
+      }
+      for (int64_t r = 0; r < mr; ++r) {
+        float* cp = g.c + (i + r) * g.ldc + j;
+        for (int64_t c = 0; c < nc; ++c) {
+          float x = acc[r][c];
+          if (!g.first) x += cp[c];
+          if (g.last) {
+            if (g.bias) x += g.bias[j + c];
+            if (g.act == kActHardswish) x = hardswish_scalar(x);
+            if (g.residual) x += g.residual[(i + r) * g.ldr + j + c];
+          }
+          cp[c] = x;
+        }
+      }
+    }
+  }
+}
+
+GemmKernel select_kernel() {
+  switch (active_isa()) {
+    case Isa::avx512: return gemm_kernel_avx512();
+    case Isa::avx2: return gemm_kernel_avx2();
+    default: return gemm_kernel_generic();
+  }
+}
+
+// Even K blocks of at most kKc (e.g. K=384 -> 2×192 rather than 256 + 128).
+int64_t k_block(int64_t k) {
+  const int64_t nb = (k + kKc - 1) / kKc;
+  return (k + nb - 1) / nb;
+}
+
+// C[0:m, 0:n] = epilogue(A·B) for one row block and one column block, all K blocks.
+void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, int64_t k,
+               const float* packed, int64_t j0, int64_t n, const float* bias,
+               const float* residual, int64_t ldr, int act, float* c, int64_t ldc) {
+  const int64_t kc = k_block(k);
+  for (int64_t k0 = 0; k0 < k; k0 += kc) {
+    GemmBlock g;
+    g.a = a + k0;
+    g.lda = lda;
+    g.m = m;
+    g.kc = std::min(kc, k - k0);
+    g.b = packed + (j0 / kPanel) * k * kPanel + k0 * kPanel;
+    g.panel_stride = k * kPanel;
+    g.n = n;
+    g.c = c + j0;
+    g.ldc = ldc;
+    g.bias = bias ? bias + j0 : nullptr;
+    g.residual = residual ? residual + j0 : nullptr;
+    g.ldr = ldr;
+    g.act = act;
+    g.first = k0 == 0;
+    g.last = k0 + g.kc >= k;
+    kern.block(g);
+  }
+}
+
+}  // namespace
+
+GemmKernel gemm_kernel_generic() { return {&generic_block, kGenMr, static_cast<int>(kPanel)}; }
+
+void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packed, int nthreads) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  parallel_for(panels, nthreads, [&](int64_t p) {
+    float* dst = packed + p * k * kPanel;
+    const int64_t rows = std::min<int64_t>(kPanel, n - p * kPanel);
+    // 16 source rows are read in step (contiguous runs), one 64-byte panel row written per k.
+    for (int64_t k0 = 0; k0 < k; k0 += 64) {
+      const int64_t k1 = std::min<int64_t>(k, k0 + 64);
+      for (int64_t c = 0; c < kPanel; ++c) {
+        const float* src = w + (p * kPanel + c) * ldw;
+        for (int64_t kk = k0; kk < k1; ++kk) dst[kk * kPanel + c] = c < rows ? src[kk] : 0.0f;
+      }
+    }
+  });
+}
+
+void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
+                 const float* bias, const float* residual, int64_t ldr, int act, float* out,
+                 int64_t ldo, int nthreads) {
+  const GemmKernel kern = select_kernel();
+  const int64_t mc = kern.mr * std::max<int64_t>(1, 96 / kern.mr);  // ~96-112 rows
+  const int64_t nbm = (m + mc - 1) / mc, nbn = (n + kNc - 1) / kNc;
+  // Task order decides what stays in L2 between consecutive tasks of a thread. When the whole
+  // packed W fits comfortably (<= kWeightL2 bytes), column blocks vary fastest: a row block
+  // of x (mc × K) is read from memory once and W stays in L2. Otherwise row blocks vary
+  // fastest and one K × NC slab of W stays in L2 while x streams past it.
+  const bool w_in_l2 = n * k * 4 <= kWeightL2;
+  parallel_for(nbm * nbn, nthreads, [&](int64_t t) {
+    const int64_t ib = w_in_l2 ? t / nbn : t % nbm, jb = w_in_l2 ? t % nbn : t / nbm;
+    const int64_t i0 = ib * mc, j0 = jb * kNc;
+    gemm_rows(kern, x + i0 * ldx, ldx, std::min(mc, m - i0), k, packed, j0,
+              std::min(kNc, n - j0), bias, residual ? residual + i0 * ldr : nullptr, ldr, act,
+              out + i0 * ldo, ldo);
+  });
+}
+
+void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* w1p,
+                const float* b1, int64_t ch, const float* w2p, const float* b2, float* out,
+                int nthreads) {
+  const GemmKernel kern = select_kernel();
+  // Row block: a few micro-tiles, so the hidden block (mb × ch floats, <= 56×1024×4 = 224 KB)
+  // stays in L2 between the two GEMMs and W1/W2 strips are reused across its rows.
+  const int64_t mb = kern.mr * std::max<int64_t>(1, 48 / kern.mr);
+  const int64_t nbm = (m + mb - 1) / mb;
+  parallel_for(nbm, nthreads, [&](int64_t ib) {
+    thread_local std::vector<float> hidden;
+    if (static_cast<int64_t>(hidden.size()) < mb * ch) hidden.resize(mb * ch);
+    const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);
+    const float* xb = x + i0 * ldx;
+    gemm_rows(kern, xb, ldx, rows, c, w1p, 0, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ch);
+    gemm_rows(kern, hidden.data(), ch, rows, ch, w2p, 0, c, b2, xb, ldx, kActNone, out + i0 * c, c);
+  });
+}
+
+}  // namespace levit

@@ -1,0 +1,65 @@
+// gemm.h — C = act(A·Wᵀ + bias) + residual with pre-packed weights, and LeViT's residual MLP.
+//
+// Packed weight layout (ISA-independent, so a weight packed under one ISA is valid under every
+// other): W (N,K) row-major becomes ceil(N/16) panels of shape (K, 16), zero-padded past N:
+//   packed[p*K*16 + k*16 + c] = W[p*16 + c][k]   (0 when p*16 + c >= N).
+// A micro-kernel reads one or two panels row by row (16 or 32 contiguous floats per k).
+#pragma once
+
+#include <cstdint>
+
+namespace levit {
+
+constexpr int64_t kPanel = 16;  // packed panel width
+
+enum Act : int { kActNone = 0, kActHardswish = 1 };
+
+inline int64_t packed_numel(int64_t n, int64_t k) { return (n + kPanel - 1) / kPanel * kPanel * k; }
+
+// w: (n, k) with row stride ldw; packed: packed_numel(n, k) floats.
+void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packed, int nthreads);
+
+// out (m, n; row stride ldo) = act(x·Wᵀ + bias) + residual.
+// x: (m, k), row stride ldx. bias: (n) or null. residual: (m, n), row stride ldr, or null.
+// out must not overlap x or the packed weight (it may alias residual when ldr == ldo).
+void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
+                 const float* bias, const float* residual, int64_t ldr, int act, float* out,
+                 int64_t ldo, int nthreads);
+
+// out (m, c) = x + (hardswish(x·W1ᵀ + b1))·W2ᵀ + b2, W1 (ch, c) and W2 (c, ch) packed.
+// x has row stride ldx, out is contiguous. Row blocks of x are processed independently; the
+// hidden block never leaves the thread's cache-resident scratch buffer.
+void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* w1p,
+                const float* b1, int64_t ch, const float* w2p, const float* b2, float* out,
+                int nthreads);
+
+// ---- per-ISA block kernels (gemm.cpp: generic, gemm_avx2.cpp, gemm_avx512.cpp) ----
+// Computes C[0:m, 0:n] (+)= A[0:m, 0:kc]·B for one K block. `b` points at row k0 of the first
+// panel of the column block; panels are `panel_stride` floats apart. first: C is overwritten
+// (else accumulated). last: apply the epilogue (bias[0:n], hardswish, residual rows with
+// stride ldr), each pointer already offset to the block's origin; null = absent.
+struct GemmBlock {
+  const float* a;
+  int64_t lda, m, kc;
+  const float* b;
+  int64_t panel_stride, n;
+  float* c;
+  int64_t ldc;
+  const float* bias;
+  const float* residual;
+  int64_t ldr;
+  int act;
+  bool first, last;
+};
+
+struct GemmKernel {
+  void (*block)(const GemmBlock&);
+  int mr;  // micro-tile rows: blocks of m are multiples of this
+  int nr;  // micro-tile columns (a multiple of kPanel)
+};
+
+GemmKernel gemm_kernel_generic();
+GemmKernel gemm_kernel_avx2();
+GemmKernel gemm_kernel_avx512();
+
+}  // namespace levit

@@ -1,0 +1,110 @@
+// gemm_kernel.h — the register-blocked GEMM micro-kernel, templated on a vector traits struct
+// (simd.h). Included only by gemm_avx2.cpp (V = Avx2, 6×16 tile) and gemm_avx512.cpp
+// (V = Avx512, 14×32 tile); see simd.h for why everything sits in an anonymous namespace.
+//
+// Tile MR×(NV·W): MR·NV accumulators live in registers for the whole K block. Per k it loads
+// NV vectors of packed W (contiguous, 64-128 bytes) and broadcasts one element of each of the
+// MR rows of A straight from memory (vbroadcastss / embedded broadcast; A is not packed, its
+// rows are contiguous). The epilogue (C accumulate, bias, Hardswish, residual) runs on the
+// registers before the single store; masked loads/stores handle the column tail, so nothing
+// past column n is ever read from bias/residual or written to C. Row tails use a smaller MR.
+#pragma once
+
+#include "gemm.h"
+#include "simd.h"
+
+namespace levit {
+namespace {
+
+template <class V, int MR, int NV>
+inline void micro_tile(const GemmBlock& g, const float* a, const float* b, float* c,
+                       const float* bias, const float* res, int64_t ncols) {
+  using vec = typename V::vec;
+  constexpr int W = V::W;
+  vec acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+
+  // Column vector v lives in panel (v·W)/16 at offset (v·W)%16.
+  const float* bp[NV];
+  for (int v = 0; v < NV; ++v) bp[v] = b + (v * W / kPanel) * g.panel_stride + (v * W) % kPanel;
+  const int64_t lda = g.lda;
+  for (int64_t k = 0; k < g.kc; ++k) {
+    vec bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(bp[v] + k * kPanel);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const vec av = V::set1(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(av, bv[v], acc[r][v]);
+    }
+  }
+
+  typename V::mask m[NV];
+  for (int v = 0; v < NV; ++v) m[v] = V::tail(ncols - v * W);
+  const bool full = ncols == NV * W;
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + r * g.ldc + v * W;
+      vec x = acc[r][v];
+      if (!g.first) x = V::add(x, full ? V::load(cp) : V::load(cp, m[v]));
+      if (g.last) {
+        if (bias) x = V::add(x, full ? V::load(bias + v * W) : V::load(bias + v * W, m[v]));
+        if (g.act == kActHardswish) x = hardswish<V>(x);
+        if (res) {
+          const float* rp = res + r * g.ldr + v * W;
+          x = V::add(x, full ? V::load(rp) : V::load(rp, m[v]));
+        }
+      }
+      if (full) V::store(cp, x);
+      else V::store(cp, x, m[v]);
+    }
+  }
+}
+
+// Runs the tile for the last `rows` (< MR) rows of a strip with an exactly-sized template.
+template <class V, int MR, int NV>
+inline void row_tail(int rows, const GemmBlock& g, const float* a, const float* b, float* c,
+                     const float* bias, const float* res, int64_t ncols) {
+  if constexpr (MR > 1) {
+    if (rows == MR - 1) micro_tile<V, MR - 1, NV>(g, a, b, c, bias, res, ncols);
+    else row_tail<V, MR - 1, NV>(rows, g, a, b, c, bias, res, ncols);
+  }
+}
+
+template <class V, int MR, int NV>
+inline void strip(const GemmBlock& g, int64_t j, int64_t ncols) {
+  const float* b = g.b + (j / kPanel) * g.panel_stride;
+  const float* bias = g.bias ? g.bias + j : nullptr;
+  int64_t i = 0;
+  for (; i + MR <= g.m; i += MR)
+    micro_tile<V, MR, NV>(g, g.a + i * g.lda, b, g.c + i * g.ldc + j, bias,
+                          g.residual ? g.residual + i * g.ldr + j : nullptr, ncols);
+  if (i < g.m)
+    row_tail<V, MR, NV>(static_cast<int>(g.m - i), g, g.a + i * g.lda, b, g.c + i * g.ldc + j,
+                        bias, g.residual ? g.residual + i * g.ldr + j : nullptr, ncols);
+}
+
+// Column strips outer, rows inner: the strip of packed W (kc × NR) stays in L1 while the rows
+// of A (the m × kc block, sized for L2 by the driver) stream past it.
+template <class V, int MR, int NV>
+void gemm_block(const GemmBlock& g) {
+  constexpr int64_t NR = NV * V::W;
+  int64_t j = 0;
+  for (; j + NR <= g.n; j += NR) strip<V, MR, NV>(g, j, NR);
+  if (j < g.n) {
+    const int64_t rest = g.n - j;
+    // A narrower tile when the last panel pair is not there (never read past the packed data).
+    constexpr int NV1 = kPanel / V::W;
+    if (NV > NV1 && rest <= kPanel) strip<V, MR, NV1>(g, j, rest);
+    else strip<V, MR, NV>(g, j, rest);
+  }
+}
+
+}  // namespace
+}  // namespace levit

@@ -1,0 +1,160 @@
+// simd.h — thin vector "traits" structs over AVX2 and AVX-512 intrinsics, shared by the
+// ISA-specific kernel files (gemm_avx2.cpp, attention_avx512.cpp, ...).
+//
+// Each struct exists only in translation units compiled with its ISA flags, and everything
+// here lives in an anonymous namespace: every .cpp that includes this file gets its own copy,
+// so the linker can never merge an AVX-512 instantiation into code that runs on an AVX2 CPU.
+//
+// exp(): Cephes-style expf. Split x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is
+// exact), e^r by a degree-7 polynomial (1 + r + r²·p(r), p of degree 5), 2^n built in the exponent
+// bits. Error ~1 ulp over the range. Inputs below ln(2^-126) ≈ -87.34 (including -inf) give
+// exactly 0; inputs above 88 are clamped (the softmax only calls it on x - max(x) <= 0).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace levit {
+namespace {
+
+constexpr float kExpHi = 88.0f;
+constexpr float kExpLo = -87.33654475f;  // ln(2^-126): smallest normal result
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;   // ln2 split so n·kLn2Hi is exact for |n| <= 128
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
+                kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
+
+#if defined(__AVX512F__)
+struct Avx512 {
+  using vec = __m512;
+  using mask = __mmask16;
+  static constexpr int W = 16;
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec set1(float x) { return _mm512_set1_ps(x); }
+  static vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  // Mask of the first n lanes (n clamped to [0, W]).
+  static mask tail(int64_t n) {
+    return n >= W ? mask(0xFFFF) : n <= 0 ? mask(0) : mask((1u << n) - 1u);
+  }
+  static vec load(const float* p, mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, vec v, mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
+  static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+  static vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
+  static vec min(vec a, vec b) { return _mm512_min_ps(a, b); }
+  // Written out (not _mm512_reduce_*): GCC 12's versions trip -Wmaybe-uninitialized.
+  static float hmax(vec v) {
+    const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static float hsum(vec v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static vec exp(vec x) {
+    const __mmask16 under = _mm512_cmp_ps_mask(x, set1(kExpLo), _CMP_LT_OQ);
+    x = min(max(x, set1(kExpLo)), set1(kExpHi));
+    const vec n = _mm512_roundscale_ps(mul(x, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec r = _mm512_fnmadd_ps(n, set1(kLn2Hi), x);
+    r = _mm512_fnmadd_ps(n, set1(kLn2Lo), r);
+    vec p = fma(set1(kExpP0), r, set1(kExpP1));
+    p = fma(p, r, set1(kExpP2));
+    p = fma(p, r, set1(kExpP3));
+    p = fma(p, r, set1(kExpP4));
+    p = fma(p, r, set1(kExpP5));
+    p = fma(p, mul(r, r), add(r, set1(1.0f)));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps(static_cast<mask>(~under), p, _mm512_castsi512_ps(e));
+  }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct Avx2 {
+  using vec = __m256;
+  using mask = __m256i;
+  static constexpr int W = 8;
+  static vec zero() { return _mm256_setzero_ps(); }
+  static vec set1(float x) { return _mm256_set1_ps(x); }
+  static vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  static mask tail(int64_t n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int k = n >= W ? W : n <= 0 ? 0 : static_cast<int>(n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), lane);
+  }
+  // maskload/maskstore never touch memory in masked-off lanes (no fault past the end).
+  static vec load(const float* p, mask m) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, vec v, mask m) { _mm256_maskstore_ps(p, m, v); }
+  static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
+  static vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
+  static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+  static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+  static vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+  static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
+  static vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+  static float hmax(vec v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+  static float hsum(vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static vec exp(vec x) {
+    const vec under = _mm256_cmp_ps(x, set1(kExpLo), _CMP_LT_OQ);
+    x = min(max(x, set1(kExpLo)), set1(kExpHi));
+    const vec n = _mm256_round_ps(mul(x, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec r = _mm256_fnmadd_ps(n, set1(kLn2Hi), x);
+    r = _mm256_fnmadd_ps(n, set1(kLn2Lo), r);
+    vec p = fma(set1(kExpP0), r, set1(kExpP1));
+    p = fma(p, r, set1(kExpP2));
+    p = fma(p, r, set1(kExpP3));
+    p = fma(p, r, set1(kExpP4));
+    p = fma(p, r, set1(kExpP5));
+    p = fma(p, mul(r, r), add(r, set1(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, mul(p, _mm256_castsi256_ps(e)));
+  }
+};
+#endif
+
+// Hardswish as PyTorch computes it: x * min(max(x + 3, 0), 6) / 6 (a true division, so the
+// result matches F.hardswish bit for bit on the same input).
+template <class V>
+inline typename V::vec hardswish(typename V::vec x) {
+  const auto t = V::min(V::max(V::add(x, V::set1(3.0f)), V::zero()), V::set1(6.0f));
+  return V::div(V::mul(x, t), V::set1(6.0f));
+}
+
+// Same with ·(1/6) instead of /6 (may differ by 1 ulp): for the attention epilogue, where a
+// vector division per output would cost ~10% of the whole kernel.
+template <class V>
+inline typename V::vec hardswish_fast(typename V::vec x) {
+  const auto t = V::min(V::max(V::add(x, V::set1(3.0f)), V::zero()), V::set1(6.0f));
+  return V::mul(V::mul(x, t), V::set1(1.0f / 6.0f));
+}
+
+inline float hardswish_scalar(float x) {
+  const float t = x + 3.0f;
+  return x * (t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t)) / 6.0f;
+}
+
+}  // namespace
+}  // namespace levit
