@@ -1,0 +1,16 @@
+"""GPU launchers: the levit_kernels op signatures on top of Triton kernels, one file per op.
+
+    attention(q, k, v, bias, scale, hardswish)   -> (B, Nq, H*Dv)     gpu/attention.py
+    attention_probs(q, k, bias, scale)           -> (B, H, Nq, Nk)    gpu/attention.py
+    linear(x, weight, bias, residual, activation) -> (..., N)         gpu/linear.py
+    mlp(x, w1, b1, w2, b2)                       -> (..., C)          gpu/linear.py
+
+They take CUDA tensors (float16, bfloat16, float32), or CPU tensors when TRITON_INTERPRET=1 was
+set before triton was imported (how CI without a GPU runs them). Each also accepts an optional
+keyword `out=` (a contiguous output buffer). Importing this package compiles nothing and does
+not touch CUDA; kernels are compiled (and autotuned, on GPUs) at their first call per shape.
+"""
+from .attention import attention, attention_probs
+from .linear import linear, mlp
+
+__all__ = ["attention", "attention_probs", "linear", "mlp"]

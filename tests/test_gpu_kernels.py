@@ -1,0 +1,415 @@
+"""The Triton kernels (levit_kernels.gpu) against levit_kernels.reference.
+
+Without CUDA the launchers run on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py
+before triton is imported): small shapes, float32 (and float16; the interpreter has no
+bfloat16 arithmetic, triton-lang/triton#11584), every output buffer poisoned with NaN so an
+element the kernel fails to write fails the test. With CUDA the same small-shape tests run on
+the GPU, plus every dtype at every LeViT shape.
+
+Tolerances: float32 within 1e-4 of a float64 reference, relative to the output's largest
+magnitude (the kernels accumulate in fp32; measured ~1e-6). float16/bfloat16 judged as
+flash-attention does: the kernel's error against the float32 reference may be at most twice
+PyTorch's own error when it runs the reference in the same low precision (plus a few ulps of
+slack for outputs that PyTorch happens to get exactly right).
+"""
+import os
+
+import pytest
+import torch
+
+from levit_kernels import gpu, reference
+from levit_kernels.config import VARIANTS
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(
+    not CUDA and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="no CUDA and TRITON_INTERPRET is not 1 (set it before triton is imported)")
+
+FP32_RTOL = 1e-4
+
+
+# ---------------------------------------------------------------------------- helpers
+def packed_qkv(batch, heads, n_q, n_k, d_k, d_v, dtype=torch.float32, device=DEVICE):
+    """q/k/v as LeViT makes them: strided views of packed projections, permuted to (B,H,N,D).
+
+    Square attention packs q,k,v per head in one (B, N, H, 2Dk+Dv) tensor; shrinking attention
+    (Nq != Nk) has its own q projection (B, Nq, H, Dk) and a packed (B, Nk, H, Dk+Dv) kv."""
+    if n_q == n_k:
+        qkv = torch.randn(batch, n_k, heads, 2 * d_k + d_v, dtype=dtype, device=device)
+        q, k, v = qkv.split([d_k, d_k, d_v], dim=-1)
+    else:
+        q = torch.randn(batch, n_q, heads, d_k, dtype=dtype, device=device)
+        kv = torch.randn(batch, n_k, heads, d_k + d_v, dtype=dtype, device=device)
+        k, v = kv.split([d_k, d_v], dim=-1)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+    assert not k.is_contiguous() and k.stride(-1) == 1
+    return q, k, v
+
+
+def poisoned(shape, dtype=torch.float32, device=DEVICE):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    assert not out.isnan().any(), "output has NaN (an element was not written?)"
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def f64(*ts):
+    return [None if t is None else t.double() for t in ts]
+
+
+def assert_low_precision(out, run_ref, inputs):
+    """flash-attention's rule: |kernel - ref32| <= 2 |torch_lowp - ref32| (+ slack)."""
+    ref32 = run_ref(*[None if t is None else t.float() for t in inputs])
+    ref_lowp = run_ref(*inputs).float()
+    assert not out.isnan().any()
+    err = (out.float() - ref32).abs().max().item()
+    torch_err = (ref_lowp - ref32).abs().max().item()
+    slack = 4 * torch.finfo(out.dtype).eps * ref32.abs().max().item()
+    assert err <= 2 * torch_err + slack, (err, torch_err)
+
+
+# ---------------------------------------------------------------- attention, small shapes
+# (B, H, Nq, Nk, Dk, Dv): N = 1, 7, 16, 49, shrinking 16 x 49, odd Dk (padded), Nk > 256
+# (the online-softmax loop over key blocks).
+SMALL_ATTN = [
+    (1, 2, 1, 1, 16, 32),
+    (2, 3, 7, 7, 16, 32),
+    (1, 2, 16, 16, 32, 64),
+    (2, 2, 49, 49, 16, 32),
+    (1, 3, 49, 49, 32, 64),
+    (2, 2, 16, 49, 16, 64),
+    (1, 1, 5, 5, 20, 24),
+    (1, 1, 9, 300, 16, 32),
+]
+
+
+@pytest.mark.parametrize("hardswish", [False, True])
+@pytest.mark.parametrize("shape", SMALL_ATTN, ids=lambda s: "x".join(map(str, s)))
+def test_attention_fp32(shape, hardswish):
+    batch, heads, n_q, n_k, d_k, d_v = shape
+    q, k, v = packed_qkv(*shape)
+    bias = torch.randn(heads, n_q, n_k, device=DEVICE)
+    scale = d_k ** -0.5
+    out = poisoned((batch, n_q, heads * d_v))
+    got = gpu.attention(q, k, v, bias, scale, hardswish, out=out)
+    assert got is out
+    ref = reference.attention(*f64(q, k, v, bias), scale, hardswish)
+    assert rel_err(out, ref) <= FP32_RTOL
+
+
+@pytest.mark.parametrize("shape", SMALL_ATTN, ids=lambda s: "x".join(map(str, s)))
+def test_attention_probs_fp32(shape):
+    batch, heads, n_q, n_k, d_k, d_v = shape
+    q, k, _ = packed_qkv(*shape)
+    bias = torch.randn(heads, n_q, n_k, device=DEVICE)
+    out = poisoned((batch, heads, n_q, n_k))
+    gpu.attention_probs(q, k, bias, d_k ** -0.5, out=out)
+    ref = reference.attention_probs(*f64(q, k, bias), d_k ** -0.5)
+    assert rel_err(out, ref) <= FP32_RTOL
+    torch.testing.assert_close(out.double().sum(-1), torch.ones_like(ref[..., 0]))
+
+
+def test_attention_default_output_and_large_bias():
+    # No out=: a fresh contiguous buffer. A bias of -1e4 on all but one key per row pushes
+    # the softmax to one-hot without overflow or NaN.
+    q, k, v = packed_qkv(2, 2, 7, 7, 16, 32)
+    bias = torch.full((2, 7, 7), -1e4, device=DEVICE)
+    bias[:, torch.arange(7), torch.arange(7)] = 0
+    out = gpu.attention(q, k, v, bias, 0.25, False)
+    assert out.shape == (2, 7, 64) and out.is_contiguous()
+    assert rel_err(out, reference.attention(*f64(q, k, v, bias), 0.25, False)) <= FP32_RTOL
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 49, 49, 16, 32), (1, 2, 16, 49, 32, 64)])
+def test_attention_fp16(shape):
+    batch, heads, n_q, n_k, d_k, d_v = shape
+    q, k, v = packed_qkv(*shape, dtype=torch.float16)
+    bias = torch.randn(heads, n_q, n_k, device=DEVICE, dtype=torch.float16)
+    out = gpu.attention(q, k, v, bias, d_k ** -0.5, True, out=poisoned(
+        (batch, n_q, heads * d_v), torch.float16))
+    assert out.dtype == torch.float16
+    assert_low_precision(out, lambda *t: reference.attention(*t, d_k ** -0.5, True),
+                         (q, k, v, bias))
+
+
+# ---------------------------------------------------------------- linear / mlp, small shapes
+LINEAR_SHAPES = [(1, 16, 8), (7, 20, 24), (33, 16, 24), (33, 20, 8)]   # (M, K, N)
+EPILOGUES = [(False, False, "none"), (True, False, "hardswish"), (True, True, "none"),
+             (False, True, "hardswish")]                             # (bias, residual, act)
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: f"b{e[0]:d}r{e[1]:d}-{e[2]}")
+@pytest.mark.parametrize("mkn", LINEAR_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_linear_fp32(mkn, epilogue):
+    m, k_in, n_out = mkn
+    has_bias, has_res, act = epilogue
+    x = torch.randn(m, k_in, device=DEVICE)
+    w = torch.randn(n_out, k_in, device=DEVICE)
+    b = torch.randn(n_out, device=DEVICE) if has_bias else None
+    r = torch.randn(m, n_out, device=DEVICE) if has_res else None
+    out = poisoned((m, n_out))
+    gpu.linear(x, w, b, r, act, out=out)
+    assert rel_err(out, reference.linear(*f64(x, w, b, r), act)) <= FP32_RTOL
+
+
+def test_linear_leading_dims_and_strided_views():
+    # x (2, 3, K) as a column slice of a wider tensor (row stride != K), weight a row slice,
+    # residual a non-contiguous view: all read in place or reshaped, never wrong.
+    big = torch.randn(2, 3, 40, device=DEVICE)
+    x = big[..., 5:25]
+    w = torch.randn(30, 20, device=DEVICE)[:24]
+    b = torch.randn(24, device=DEVICE)
+    r = torch.randn(3, 2, 24, device=DEVICE).transpose(0, 1)
+    out = gpu.linear(x, w, b, r, "hardswish")
+    assert out.shape == (2, 3, 24) and out.is_contiguous()
+    assert rel_err(out, reference.linear(*f64(x, w, b, r), "hardswish")) <= FP32_RTOL
+    one = gpu.linear(x[0, 0], w, b)                      # 1-D x -> 1-D output
+    assert one.shape == (24,)
+    assert rel_err(one, reference.linear(*f64(x[0, 0], w, b))) <= FP32_RTOL
+
+
+# C <= 128 runs the fused kernel (hidden never stored); C = 136 chains two GEMM launches.
+@pytest.mark.parametrize("lead,channels,hidden", [((1,), 16, 32), ((7,), 20, 40),
+                                                  ((2, 17), 16, 24), ((3,), 136, 272)])
+def test_mlp_fp32(lead, channels, hidden):
+    x = torch.randn(*lead, channels, device=DEVICE)
+    w1 = torch.randn(hidden, channels, device=DEVICE) / channels ** 0.5
+    b1 = torch.randn(hidden, device=DEVICE)
+    w2 = torch.randn(channels, hidden, device=DEVICE) / hidden ** 0.5
+    b2 = torch.randn(channels, device=DEVICE)
+    out = poisoned(x.shape)
+    gpu.mlp(x, w1, b1, w2, b2, out=out)
+    assert rel_err(out, reference.mlp(*f64(x, w1, b1, w2, b2))) <= FP32_RTOL
+
+
+def test_linear_mlp_fp16():
+    h = torch.float16
+    x = torch.randn(33, 20, device=DEVICE, dtype=h)
+    w = (torch.randn(24, 20, device=DEVICE) / 20 ** 0.5).to(h)
+    b = torch.randn(24, device=DEVICE, dtype=h)
+    r = torch.randn(33, 24, device=DEVICE, dtype=h)
+    out = gpu.linear(x, w, b, r, "hardswish")
+    assert_low_precision(out, lambda *t: reference.linear(*t, "hardswish"), (x, w, b, r))
+    w1 = (torch.randn(40, 20, device=DEVICE) / 20 ** 0.5).to(h)
+    w2 = (torch.randn(20, 40, device=DEVICE) / 40 ** 0.5).to(h)
+    b1, b2 = torch.randn(40, device=DEVICE, dtype=h), torch.randn(20, device=DEVICE, dtype=h)
+    out = gpu.mlp(x, w1, b1, w2, b2)
+    assert_low_precision(out, reference.mlp, (x, w1, b1, w2, b2))
+
+
+# ---------------------------------------------------------------------- input validation
+def _attn_inputs(dtype=torch.float32):
+    q, k, v = packed_qkv(1, 2, 7, 7, 16, 32, dtype=dtype)
+    return q, k, v, torch.randn(2, 7, 7, device=DEVICE, dtype=dtype)
+
+
+@pytest.mark.parametrize("case,exc,name", [
+    ("float64", TypeError, "q"),
+    ("int", TypeError, "q"),
+    ("mixed_dtype", TypeError, "bias"),
+    ("q_rank", ValueError, "q"),
+    ("k_dim", ValueError, "k"),
+    ("v_tokens", ValueError, "v"),
+    ("bias_shape", ValueError, "bias"),
+    ("last_stride", ValueError, "k"),
+    ("out_shape", ValueError, "out"),
+    ("not_tensor", TypeError, "v"),
+])
+def test_attention_rejects(case, exc, name):
+    q, k, v, bias = _attn_inputs()
+    kwargs = {}
+    if case == "float64":
+        q, k, v, bias = (t.double() for t in (q, k, v, bias))
+    elif case == "int":
+        q = q.to(torch.int32)
+    elif case == "mixed_dtype":
+        bias = bias.half()
+    elif case == "q_rank":
+        q = q[0]
+    elif case == "k_dim":
+        k = torch.randn(1, 2, 7, 32, device=DEVICE)
+    elif case == "v_tokens":
+        v = v[:, :, :5]
+    elif case == "bias_shape":
+        bias = bias[:, :, :6]
+    elif case == "last_stride":
+        k = torch.randn(1, 2, 7, 32, device=DEVICE)[..., ::2]
+    elif case == "out_shape":
+        kwargs["out"] = poisoned((1, 7, 63))
+    elif case == "not_tensor":
+        v = v.tolist()
+    with pytest.raises(exc, match=f"^{name}:"):
+        gpu.attention(q, k, v, bias, 0.25, False, **kwargs)
+
+
+def test_attention_probs_rejects():
+    q, k, _, bias = _attn_inputs()
+    with pytest.raises(ValueError, match="^bias:"):
+        gpu.attention_probs(q, k, bias[:1], 0.25)
+    with pytest.raises(TypeError, match="^k:"):
+        gpu.attention_probs(q, k.double(), bias, 0.25)
+
+
+@pytest.mark.parametrize("case,exc,name", [
+    ("float64", TypeError, "x"),
+    ("x_rank", ValueError, "x"),
+    ("weight_k", ValueError, "weight"),
+    ("weight_rank", ValueError, "weight"),
+    ("bias_shape", ValueError, "bias"),
+    ("residual_shape", ValueError, "residual"),
+    ("residual_dtype", TypeError, "residual"),
+    ("activation", ValueError, "activation"),
+])
+def test_linear_rejects(case, exc, name):
+    x = torch.randn(5, 16, device=DEVICE)
+    w = torch.randn(8, 16, device=DEVICE)
+    b = torch.randn(8, device=DEVICE)
+    r = torch.randn(5, 8, device=DEVICE)
+    act = "none"
+    if case == "float64":
+        x, w, b, r = (t.double() for t in (x, w, b, r))
+    elif case == "x_rank":
+        x = torch.tensor(1.0, device=DEVICE)
+    elif case == "weight_k":
+        w = torch.randn(8, 15, device=DEVICE)
+    elif case == "weight_rank":
+        w = w[None]
+    elif case == "bias_shape":
+        b = b[:7]
+    elif case == "residual_shape":
+        r = r[:4]
+    elif case == "residual_dtype":
+        r = r.half()
+    elif case == "activation":
+        act = "relu"
+    with pytest.raises(exc, match=f"^{name}:"):
+        gpu.linear(x, w, b, r, act)
+
+
+def test_mlp_rejects():
+    x = torch.randn(5, 16, device=DEVICE)
+    w1, b1 = torch.randn(32, 16, device=DEVICE), torch.randn(32, device=DEVICE)
+    w2, b2 = torch.randn(16, 32, device=DEVICE), torch.randn(16, device=DEVICE)
+    with pytest.raises(ValueError, match="^w2:"):
+        gpu.mlp(x, w1, b1, w2[:, :31], b2)
+    with pytest.raises(ValueError, match="^b2:"):
+        gpu.mlp(x, w1, b1, w2, b2[:15])
+    with pytest.raises(TypeError, match="^w1:"):
+        gpu.mlp(x, w1.half(), b1, w2, b2)
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    # The launchers read TRITON_INTERPRET at each call: CPU tensors without it are refused.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, w = torch.randn(3, 16), torch.randn(8, 16)
+    with pytest.raises(ValueError, match="^x:"):
+        gpu.linear(x, w)
+    q, k, v = packed_qkv(1, 1, 4, 4, 16, 16, device="cpu")
+    with pytest.raises(ValueError, match="^q:"):
+        gpu.attention(q, k, v, torch.randn(1, 4, 4), 0.25, False)
+
+
+def test_import_does_not_touch_cuda():
+    import subprocess
+    import sys
+    code = ("import torch, levit_kernels.gpu as g; "
+            "assert not torch.cuda.is_initialized(); print(sorted(g.__all__))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "['attention', 'attention_probs', 'linear', 'mlp']" in res.stdout
+
+
+# ------------------------------------------------------------ CUDA: every LeViT shape/dtype
+def levit_attention_shapes():
+    """(H, Nq, Nk, Dk, Dv) of every attention in the five LeViT variants at 224 pixels."""
+    shapes = set()
+    for name in ("LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"):
+        cfg = VARIANTS[name]
+        tokens = [r[0] * r[1] for r in cfg.resolutions(224)]
+        d_k = cfg.key_dim
+        for i, n in enumerate(tokens):
+            shapes.add((cfg.num_heads[i], n, n, d_k, int(cfg.attn_ratio * d_k)))
+            if i > 0:
+                shapes.add((cfg.down_heads(i), n, tokens[i - 1], d_k,
+                            int(cfg.down_attn_ratio * d_k)))
+    return sorted(shapes)
+
+
+LEVIT_ATTN = levit_attention_shapes()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("shape", LEVIT_ATTN, ids=lambda s: "x".join(map(str, s)))
+def test_attention_levit_shapes_cuda(shape, batch, dtype):
+    heads, n_q, n_k, d_k, d_v = shape
+    q, k, v = packed_qkv(batch, heads, n_q, n_k, d_k, d_v, dtype=dtype)
+    bias = torch.randn(heads, n_q, n_k, device=DEVICE, dtype=dtype)
+    scale = d_k ** -0.5
+    out = gpu.attention(q, k, v, bias, scale, True,
+                        out=poisoned((batch, n_q, heads * d_v), dtype))
+    probs = gpu.attention_probs(q, k, bias, scale)
+    if dtype == torch.float32:
+        assert rel_err(out, reference.attention(*f64(q, k, v, bias), scale, True)) <= FP32_RTOL
+        assert rel_err(probs, reference.attention_probs(*f64(q, k, bias), scale)) <= FP32_RTOL
+    else:
+        assert_low_precision(out, lambda *t: reference.attention(*t, scale, True),
+                             (q, k, v, bias))
+        assert_low_precision(probs, lambda *t: reference.attention_probs(*t, scale),
+                             (q, k, bias))
+
+
+def levit256_linear_shapes():
+    """(tokens, K, N, activation/residual kind) of LeViT-256's linears and MLPs."""
+    cfg = VARIANTS["LeViT-256"]
+    tokens = [r[0] * r[1] for r in cfg.resolutions(224)]
+    shapes = []
+    for i, (c, h) in enumerate(zip(cfg.embed_dim, cfg.num_heads)):
+        d_k, d_v = cfg.key_dim, int(cfg.attn_ratio * cfg.key_dim)
+        shapes.append((tokens[i], c, h * (2 * d_k + d_v)))          # qkv projection
+        shapes.append((tokens[i], h * d_v, c))                      # output projection
+    return shapes
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("shape", levit256_linear_shapes(), ids=lambda s: "x".join(map(str, s)))
+def test_linear_levit256_cuda(shape, batch, dtype):
+    tokens, k_in, n_out = shape
+    x = torch.randn(batch, tokens, k_in, device=DEVICE, dtype=dtype)
+    w = (torch.randn(n_out, k_in, device=DEVICE) / k_in ** 0.5).to(dtype)
+    b = torch.randn(n_out, device=DEVICE, dtype=dtype)
+    r = torch.randn(batch, tokens, n_out, device=DEVICE, dtype=dtype)
+    for act, res in (("hardswish", None), ("none", r)):
+        out = gpu.linear(x, w, b, res, act, out=poisoned((batch, tokens, n_out), dtype))
+        if dtype == torch.float32:
+            assert rel_err(out, reference.linear(*f64(x, w, b, res), act)) <= FP32_RTOL
+        else:
+            assert_low_precision(out, lambda *t: reference.linear(*t, act), (x, w, b, res))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("channels", [128, 256, 384, 512])   # 128: the fused-hidden kernel
+def test_mlp_levit_cuda(channels, batch, dtype):
+    tokens = {128: 196, 256: 196, 384: 49, 512: 16}[channels]
+    x = torch.randn(batch, tokens, channels, device=DEVICE, dtype=dtype)
+    w1 = (torch.randn(2 * channels, channels, device=DEVICE) / channels ** 0.5).to(dtype)
+    w2 = (torch.randn(channels, 2 * channels, device=DEVICE) / (2 * channels) ** 0.5).to(dtype)
+    b1 = torch.randn(2 * channels, device=DEVICE, dtype=dtype)
+    b2 = torch.randn(channels, device=DEVICE, dtype=dtype)
+    out = gpu.mlp(x, w1, b1, w2, b2, out=poisoned(x.shape, dtype))
+    if dtype == torch.float32:
+        assert rel_err(out, reference.mlp(*f64(x, w1, b1, w2, b2))) <= FP32_RTOL
+    else:
+        assert_low_precision(out, reference.mlp, (x, w1, b1, w2, b2))
