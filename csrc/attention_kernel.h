@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "attention.h"
@@ -27,14 +28,26 @@
 namespace levit {
 namespace {
 
-struct Rows {  // the R query rows being processed
+struct Rows {  // a run of query rows: a block, or one group of R rows inside it
   const float* q;     // q[b, h, i0]
   int64_t q_sn;
   const float* bias;  // bias[h, i0, 0]
-  float* s;           // scores/probabilities, R × nkp
+  float* s;           // scores/probabilities, one row of nkp floats per query
   int64_t nkp;
-  float inv[8];       // 1 / row sum
+  float* inv;         // 1 / row sum, one per query
+
+  Rows from(int64_t r0, int64_t nk) const {  // the rows starting r0 rows further on
+    return {q + r0 * q_sn, q_sn, bias + r0 * nk, s + r0 * nkp, nkp, inv + r0};
+  }
 };
+
+// Calls f(std::integral_constant<int, n>{}) for a run-time n in [1, N], so that register
+// tiles can be sized at compile time for tails (fewer rows, fewer vectors).
+template <int N, class F>
+inline void with_count(int64_t n, F&& f) {
+  if (n == N) f(std::integral_constant<int, N>{});
+  else if constexpr (N > 1) with_count<N - 1>(n, f);
+}
 
 // S[r, j0 : j0 + JB·W] for R rows.
 template <class V, int R, int JB>
@@ -69,14 +82,6 @@ inline void score_block(const AttnArgs& a, const Rows& rw, const float* kt, int6
       if (valid < W) x = V::select(m, x, ninf);
       V::store(rw.s + r * rw.nkp + j, x);
     }
-  }
-}
-
-template <class V, int R, int JB>
-inline void score_tail(int nvec, const AttnArgs& a, const Rows& rw, const float* kt, int64_t j0) {
-  if constexpr (JB > 1) {
-    if (nvec == JB - 1) score_block<V, R, JB - 1>(a, rw, kt, j0);
-    else score_tail<V, R, JB - 1>(nvec, a, rw, kt, j0);
   }
 }
 
@@ -121,60 +126,68 @@ inline void pv_block(const AttnArgs& a, const Rows& rw, const float* vp, float* 
   }
 }
 
-template <class V, int R, int DB>
-inline void pv_tail(int nvec, const AttnArgs& a, const Rows& rw, const float* vp, float* out,
-                    int64_t ldo, int64_t d0) {
-  if constexpr (DB > 1) {
-    if (nvec == DB - 1) pv_block<V, R, DB - 1>(a, rw, vp, out, ldo, d0);
-    else pv_tail<V, R, DB - 1>(nvec, a, rw, vp, out, ldo, d0);
+// Softmax of one score row in place: e = exp(s - max) (0 for the -inf tail), *inv = 1/Σe;
+// with `probs` set, the normalised row is also written there (Nk floats).
+template <class V>
+inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, float* probs) {
+  constexpr int W = V::W;
+  auto mx = V::load(s);
+  for (int64_t j = W; j < nkp; j += W) mx = V::max(mx, V::load(s + j));
+  const auto mxv = V::set1(V::hmax(mx));
+  auto sum = V::zero();
+  for (int64_t j = 0; j < nkp; j += W) {
+    const auto e = exp<V>(V::sub(V::load(s + j), mxv));
+    sum = V::add(sum, e);
+    V::store(s + j, e);
+  }
+  *inv = 1.0f / V::hsum(sum);
+  if (probs) {
+    const auto iv = V::set1(*inv);
+    for (int64_t j = 0; j < nk; j += W) {
+      const auto x = V::mul(V::load(s + j), iv);
+      if (j + W <= nk) V::store(probs + j, x);
+      else V::store(probs + j, x, V::tail(nk - j));
+    }
   }
 }
 
+// One block of `rows` query rows (a few groups of R): scores of the whole block, softmax per
+// row, then P·V. Loop order is for L1: each Kᵀ strip (Dk × JB·W) is used by every row group
+// of the block before the next strip is touched, and likewise each V slab (Nk × DB·W), so
+// they are read from L2 once per block instead of once per R rows.
 template <class V, int R, int JB, int DB>
-void rows_pass(const AttnArgs& a, Rows& rw, const float* kt, const float* vp, float* out,
-               int64_t ldo) {
+void block_pass(const AttnArgs& a, const Rows& blk, int64_t rows, const float* kt,
+                const float* vp, float* out, int64_t ldo) {
   constexpr int W = V::W;
-  const int64_t nvec = rw.nkp / W;
-  int64_t c = 0;
-  for (; c + JB <= nvec; c += JB) score_block<V, R, JB>(a, rw, kt, c * W);
-  if (c < nvec) score_tail<V, R, JB>(static_cast<int>(nvec - c), a, rw, kt, c * W);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    float* s = rw.s + r * rw.nkp;
-    auto mx = V::load(s);
-    for (int64_t j = W; j < rw.nkp; j += W) mx = V::max(mx, V::load(s + j));
-    const auto mxv = V::set1(V::hmax(mx));
-    auto sum = V::zero();
-    for (int64_t j = 0; j < rw.nkp; j += W) {
-      const auto e = V::exp(V::sub(V::load(s + j), mxv));
-      sum = V::add(sum, e);
-      V::store(s + j, e);
-    }
-    rw.inv[r] = 1.0f / V::hsum(sum);
-    if (a.probs) {  // out row (b, h, i, :) gets the normalised probabilities
-      const auto inv = V::set1(rw.inv[r]);
-      float* op = out + r * ldo;
-      for (int64_t j = 0; j < a.nk; j += W) {
-        const auto x = V::mul(V::load(s + j), inv);
-        if (j + W <= a.nk) V::store(op + j, x);
-        else V::store(op + j, x, V::tail(a.nk - j));
-      }
+  const int64_t nvec = blk.nkp / W;
+  for (int64_t c = 0; c < nvec; c += JB) {
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+      const Rows g = blk.from(r0, a.nk);
+      with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
+        with_count<JB>(std::min<int64_t>(JB, nvec - c), [&](auto jc) {
+          score_block<V, decltype(rc)::value, decltype(jc)::value>(a, g, kt, c * W);
+        });
+      });
     }
   }
+  for (int64_t r = 0; r < rows; ++r)
+    softmax_row<V>(blk.s + r * blk.nkp, blk.nkp, a.nk, blk.inv + r,
+                   a.probs ? out + r * ldo : nullptr);
   if (a.probs) return;
 
   const int64_t dvec = (a.dv + W - 1) / W;
-  int64_t d = 0;
-  for (; d + DB <= dvec; d += DB) pv_block<V, R, DB>(a, rw, vp + d * W * a.nk, out, ldo, d * W);
-  if (d < dvec)
-    pv_tail<V, R, DB>(static_cast<int>(dvec - d), a, rw, vp + d * W * a.nk, out, ldo, d * W);
-}
-
-template <class V, int R, int JB, int DB>
-void rows_dispatch(int rows, const AttnArgs& a, Rows& rw, const float* kt, const float* vp,
-                   float* out, int64_t ldo) {
-  if (rows == R) rows_pass<V, R, JB, DB>(a, rw, kt, vp, out, ldo);
-  else if constexpr (R > 1) rows_dispatch<V, R - 1, JB, DB>(rows, a, rw, kt, vp, out, ldo);
+  for (int64_t d = 0; d < dvec; d += DB) {
+    const float* slab = vp + d * W * a.nk;
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+      const Rows g = blk.from(r0, a.nk);
+      with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
+        with_count<DB>(std::min<int64_t>(DB, dvec - d), [&](auto dc) {
+          pv_block<V, decltype(rc)::value, decltype(dc)::value>(a, g, slab, out + r0 * ldo, ldo,
+                                                                 d * W);
+        });
+      });
+    }
+  }
 }
 
 // Prefetch (to L2) rows [r0, r1) of a (rows × width floats, row stride ld) matrix.
@@ -189,15 +202,19 @@ inline void prefetch_rows(const float* base, int64_t ld, int64_t width, int64_t 
 template <class V, int R, int JB, int DB>
 void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next) {
   const int64_t b = cur.b, h = cur.h, i0 = cur.i0, i1 = cur.i1;
-  static_assert(R <= 8, "Rows::inv holds 8 rows");
   constexpr int W = V::W;
   const int64_t nkp = (a.nk + W - 1) / W * W;
   const int64_t dvp = a.probs ? 0 : (a.dv + W - 1) / W * W;
+  // Block of rb rows: its scores (rb × nkp floats) take at most ~12 KB, so they and one V
+  // slab (Nk × DB·W) share L1.
+  constexpr int64_t kMaxGroups = 8;
+  const int64_t rb = R * std::clamp<int64_t>(12 * 1024 / (R * nkp * 4), 1, kMaxGroups);
+  float inv[R * kMaxGroups];
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(a.dk * nkp + R * nkp + a.nk * dvp);
+  const size_t need = static_cast<size_t>(a.dk * nkp + rb * nkp + a.nk * dvp);
   if (buf.size() < need) buf.resize(need);
   float* kt = buf.data();
-  float* vp = kt + a.dk * nkp + R * nkp;
+  float* vp = kt + a.dk * nkp + rb * nkp;
 
   // Kᵀ with zero columns past Nk (their scores are replaced by -inf anyway).
   const float* kb = a.k + b * a.k_sb + h * a.k_sh;
@@ -208,7 +225,7 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
   // V copied once into column blocks of DB·W floats, [block][j][DB·W], zero-padded past Dv:
   // each P·V pass then streams one contiguous Nk × DB·W slab (hardware-prefetch friendly;
   // rows of a packed qkv tensor are 2-6 KB apart, beyond the L1 stride prefetcher's reach).
-  // A tail block narrower than DB·W uses its own width, matching pv_tail's smaller DB.
+  // A tail block narrower than DB·W uses its own width, matching the smaller DB of block_pass.
   if (!a.probs) {
     const float* vb = a.v + b * a.v_sb + h * a.v_sh;
     for (int64_t d0 = 0; d0 < dvp; d0 += DB * W) {
@@ -223,16 +240,17 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
     }
   }
 
-  Rows rw;
-  rw.q_sn = a.q_sn;
-  rw.s = kt + a.dk * nkp;
-  rw.nkp = nkp;
-  // The next task's q/k/v rows are prefetched a slice per row group, spread over this task.
-  const int64_t groups = (i1 - i0 + R - 1) / R;
+  Rows blk;
+  blk.q_sn = a.q_sn;
+  blk.s = kt + a.dk * nkp;
+  blk.nkp = nkp;
+  blk.inv = inv;
+  // The next task's q/k/v rows are prefetched a slice per block, spread over this task.
+  const int64_t groups = (i1 - i0 + rb - 1) / rb;
   const bool same_kv = next && next->b == b && next->h == h;
   const int64_t kv_per = next && !same_kv ? (a.nk + groups - 1) / groups : 0;
   const int64_t q_per = next ? (next->i1 - next->i0 + groups - 1) / groups : 0;
-  for (int64_t i = i0, g = 0; i < i1; i += R, ++g) {
+  for (int64_t i = i0, g = 0; i < i1; i += rb, ++g) {
     if (kv_per) {
       const int64_t r0 = std::min(a.nk, g * kv_per), r1 = std::min(a.nk, r0 + kv_per);
       prefetch_rows(a.k + next->b * a.k_sb + next->h * a.k_sh, a.k_sn, a.dk, r0, r1);
@@ -242,8 +260,8 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
       const int64_t r0 = std::min(next->i1, next->i0 + g * q_per), r1 = std::min(next->i1, r0 + q_per);
       prefetch_rows(a.q + next->b * a.q_sb + next->h * a.q_sh, a.q_sn, a.dk, r0, r1);
     }
-    rw.q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
-    rw.bias = a.bias + (h * a.nq + i) * a.nk;
+    blk.q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
+    blk.bias = a.bias + (h * a.nq + i) * a.nk;
     float* out;
     int64_t ldo;
     if (a.probs) {
@@ -253,8 +271,7 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
       out = a.out + (b * a.nq + i) * a.heads * a.dv + h * a.dv;
       ldo = a.heads * a.dv;
     }
-    rows_dispatch<V, R, JB, DB>(static_cast<int>(std::min<int64_t>(R, i1 - i)), a, rw, kt, vp,
-                                out, ldo);
+    block_pass<V, R, JB, DB>(a, blk, std::min(rb, i1 - i), kt, vp, out, ldo);
   }
 }
 

@@ -78,17 +78,42 @@ int64_t k_block(int64_t k) {
   return (k + nb - 1) / nb;
 }
 
+// Row strides that are a multiple of 4 KiB put every row of a micro-tile's A rows in the same
+// L1 set (64 sets × 64 B): 14 rows compete for 8 ways and thrash. Such A blocks are copied
+// into a thread-local buffer with a padded stride first (cheap: the block is reused by every
+// column strip of the block).
+constexpr int64_t kAliasFloats = 1024;  // 4 KiB
+
+bool aliasing_stride(int64_t ld) { return ld % kAliasFloats == 0; }
+
+// A row stride for a scratch matrix of `cols` floats per row that never aliases.
+int64_t padded_stride(int64_t cols) {
+  int64_t ld = (cols + kPanel - 1) / kPanel * kPanel;
+  return ld % 256 == 0 ? ld + kPanel : ld;
+}
+
 // C[0:m, 0:n] = epilogue(A·B) for one row block and one column block, all K blocks.
 void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, int64_t k,
                const float* packed, int64_t j0, int64_t n, const float* bias,
                const float* residual, int64_t ldr, int act, float* c, int64_t ldc) {
   const int64_t kc = k_block(k);
+  const bool copy_a = aliasing_stride(lda) && m > 1;
+  thread_local std::vector<float> a_copy;
+  const int64_t lda_copy = padded_stride(kc);
+  if (copy_a && static_cast<int64_t>(a_copy.size()) < m * lda_copy) a_copy.resize(m * lda_copy);
   for (int64_t k0 = 0; k0 < k; k0 += kc) {
     GemmBlock g;
-    g.a = a + k0;
-    g.lda = lda;
-    g.m = m;
     g.kc = std::min(kc, k - k0);
+    if (copy_a) {
+      for (int64_t i = 0; i < m; ++i)
+        std::copy(a + i * lda + k0, a + i * lda + k0 + g.kc, a_copy.data() + i * lda_copy);
+      g.a = a_copy.data();
+      g.lda = lda_copy;
+    } else {
+      g.a = a + k0;
+      g.lda = lda;
+    }
+    g.m = m;
     g.b = packed + (j0 / kPanel) * k * kPanel + k0 * kPanel;
     g.panel_stride = k * kPanel;
     g.n = n;
@@ -153,12 +178,14 @@ void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* 
   const int64_t mb = kern.mr * std::max<int64_t>(1, 48 / kern.mr);
   const int64_t nbm = (m + mb - 1) / mb;
   parallel_for(nbm, nthreads, [&](int64_t ib) {
+    // The hidden rows get a padded stride so they never alias in L1 (see aliasing_stride).
+    const int64_t ldh = padded_stride(ch);
     thread_local std::vector<float> hidden;
-    if (static_cast<int64_t>(hidden.size()) < mb * ch) hidden.resize(mb * ch);
+    if (static_cast<int64_t>(hidden.size()) < mb * ldh) hidden.resize(mb * ldh);
     const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);
     const float* xb = x + i0 * ldx;
-    gemm_rows(kern, xb, ldx, rows, c, w1p, 0, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ch);
-    gemm_rows(kern, hidden.data(), ch, rows, ch, w2p, 0, c, b2, xb, ldx, kActNone, out + i0 * c, c);
+    gemm_rows(kern, xb, ldx, rows, c, w1p, 0, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh);
+    gemm_rows(kern, hidden.data(), ldh, rows, ch, w2p, 0, c, b2, xb, ldx, kActNone, out + i0 * c, c);
   });
 }
 

@@ -27,6 +27,16 @@ inline void micro_tile(const GemmBlock& g, const float* a, const float* b, float
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
 
+  // The residual rows are read only by the epilogue, once: start fetching them now so the
+  // loads at the end hit L1 instead of waiting on memory (they are usually not cached).
+  if (g.last && res) {
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const char* rp = reinterpret_cast<const char*>(res + r * g.ldr);
+      _mm_prefetch(rp, _MM_HINT_T0);
+      _mm_prefetch(rp + 4 * ncols - 1, _MM_HINT_T0);
+    }
+  }
   // Column vector v lives in panel (v·W)/16 at offset (v·W)%16.
   const float* bp[NV];
   for (int v = 0; v < NV; ++v) bp[v] = b + (v * W / kPanel) * g.panel_stride + (v * W) % kPanel;

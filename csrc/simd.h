@@ -5,10 +5,9 @@
 // here lives in an anonymous namespace: every .cpp that includes this file gets its own copy,
 // so the linker can never merge an AVX-512 instantiation into code that runs on an AVX2 CPU.
 //
-// exp(): Cephes-style expf. Split x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is
+// exp<V>(): Cephes-style expf. Split x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is
 // exact), e^r by a degree-7 polynomial (1 + r + r²·p(r), p of degree 5), 2^n built in the exponent
-// bits. Error ~1 ulp over the range. Inputs below ln(2^-126) ≈ -87.34 (including -inf) give
-// exactly 0; inputs above 88 are clamped (the softmax only calls it on x - max(x) <= 0).
+// bits. Error ~1 ulp over the range.
 #pragma once
 
 #include <immintrin.h>
@@ -18,7 +17,6 @@
 namespace levit {
 namespace {
 
-constexpr float kExpHi = 88.0f;
 constexpr float kExpLo = -87.33654475f;  // ln(2^-126): smallest normal result
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f;   // ln2 split so n·kLn2Hi is exact for |n| <= 128
@@ -43,6 +41,7 @@ struct Avx512 {
   static void store(float* p, vec v, mask m) { _mm512_mask_storeu_ps(p, m, v); }
   static vec select(mask m, vec a, vec b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
   static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec fnma(vec a, vec b, vec c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a·b
   static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
   static vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
   static vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
@@ -62,20 +61,13 @@ struct Avx512 {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
   }
-  static vec exp(vec x) {
-    const __mmask16 under = _mm512_cmp_ps_mask(x, set1(kExpLo), _CMP_LT_OQ);
-    x = min(max(x, set1(kExpLo)), set1(kExpHi));
-    const vec n = _mm512_roundscale_ps(mul(x, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec r = _mm512_fnmadd_ps(n, set1(kLn2Hi), x);
-    r = _mm512_fnmadd_ps(n, set1(kLn2Lo), r);
-    vec p = fma(set1(kExpP0), r, set1(kExpP1));
-    p = fma(p, r, set1(kExpP2));
-    p = fma(p, r, set1(kExpP3));
-    p = fma(p, r, set1(kExpP4));
-    p = fma(p, r, set1(kExpP5));
-    p = fma(p, mul(r, r), add(r, set1(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps(static_cast<mask>(~under), p, _mm512_castsi512_ps(e));
+  // 2^n from t = n + 1.5·2^23 + 127 (an integer-valued float): its low mantissa bits are n + 127.
+  static vec pow2_from_magic(vec t) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23));
+  }
+  // v where x >= lo (or x is NaN), else 0.
+  static vec zero_below(vec v, vec x, vec lo) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), v);
   }
 };
 #endif
@@ -99,6 +91,7 @@ struct Avx2 {
   static void store(float* p, vec v, mask m) { _mm256_maskstore_ps(p, m, v); }
   static vec select(mask m, vec a, vec b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
   static vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec fnma(vec a, vec b, vec c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a·b
   static vec add(vec a, vec b) { return _mm256_add_ps(a, b); }
   static vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
   static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
@@ -117,23 +110,36 @@ struct Avx2 {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static vec exp(vec x) {
-    const vec under = _mm256_cmp_ps(x, set1(kExpLo), _CMP_LT_OQ);
-    x = min(max(x, set1(kExpLo)), set1(kExpHi));
-    const vec n = _mm256_round_ps(mul(x, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vec r = _mm256_fnmadd_ps(n, set1(kLn2Hi), x);
-    r = _mm256_fnmadd_ps(n, set1(kLn2Lo), r);
-    vec p = fma(set1(kExpP0), r, set1(kExpP1));
-    p = fma(p, r, set1(kExpP2));
-    p = fma(p, r, set1(kExpP3));
-    p = fma(p, r, set1(kExpP4));
-    p = fma(p, r, set1(kExpP5));
-    p = fma(p, mul(r, r), add(r, set1(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, mul(p, _mm256_castsi256_ps(e)));
+  static vec pow2_from_magic(vec t) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23));
+  }
+  static vec zero_below(vec v, vec x, vec lo) {
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), v);
   }
 };
 #endif
+
+// e^x for x <= 88 (the softmax calls it on x = s - max(s) <= 0). Short dependency chain, since
+// the softmax pass is latency-bound: n = round(x·log2e) by adding a "magic" 1.5·2^23 + 127
+// (the FMA's rounding does the rounding, and the sum's low mantissa bits are already the
+// biased exponent of 2^n); the polynomial in Estrin form (depth 3 instead of Horner's 5).
+// x < ln(2^-126), -inf included, gives exactly 0; NaN gives NaN.
+template <class V>
+inline typename V::vec exp(typename V::vec x) {
+  using vec = typename V::vec;
+  const vec magic = V::set1(12582912.0f + 127.0f);
+  const vec t = V::fma(x, V::set1(kLog2e), magic);
+  const vec n = V::sub(t, magic);
+  vec r = V::fnma(n, V::set1(kLn2Hi), x);  // r = x - n·ln2, exact in two steps
+  r = V::fnma(n, V::set1(kLn2Lo), r);
+  const vec r2 = V::mul(r, r);
+  const vec c45 = V::fma(V::set1(kExpP4), r, V::set1(kExpP5));
+  const vec c23 = V::fma(V::set1(kExpP2), r, V::set1(kExpP3));
+  const vec c01 = V::fma(V::set1(kExpP0), r, V::set1(kExpP1));
+  const vec p = V::fma(r2, V::fma(r2, c01, c23), c45);
+  const vec y = V::fma(p, r2, V::add(r, V::set1(1.0f)));  // e^r = 1 + r + r²·p(r)
+  return V::zero_below(V::mul(y, V::pow2_from_magic(t)), x, V::set1(kExpLo));
+}
 
 // Hardswish as PyTorch computes it: x * min(max(x + 3, 0), 6) / 6 (a true division, so the
 // result matches F.hardswish bit for bit on the same input).
