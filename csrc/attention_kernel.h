@@ -118,7 +118,7 @@ inline void pv_block(const AttnArgs& a, const Rows& rw, const float* vp, float* 
 #pragma GCC unroll 8
     for (int c = 0; c < DB; ++c) {
       vec x = V::mul(acc[r][c], inv);
-      if (a.hardswish) x = hardswish_fast<V>(x);
+      if (a.hardswish) x = hardswish<V>(x);
       float* op = out + r * ldo + d0 + c * W;
       if (full) V::store(op, x);
       else V::store(op, x, m[c]);

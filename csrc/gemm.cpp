@@ -86,17 +86,22 @@ constexpr int64_t kAliasFloats = 1024;  // 4 KiB
 
 bool aliasing_stride(int64_t ld) { return ld % kAliasFloats == 0; }
 
-// A row stride for a scratch matrix of `cols` floats per row that never aliases.
-int64_t padded_stride(int64_t cols) {
-  int64_t ld = (cols + kPanel - 1) / kPanel * kPanel;
-  return ld % 256 == 0 ? ld + kPanel : ld;
-}
-
 // C[0:m, 0:n] = epilogue(A·B) for one row block and one column block, all K blocks.
 void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, int64_t k,
                const float* packed, int64_t j0, int64_t n, const float* bias,
                const float* residual, int64_t ldr, int act, float* c, int64_t ldc) {
   const int64_t kc = k_block(k);
+  // A residual that is the output itself (allowed, see gemm.h) would be overwritten by the
+  // first K block before the last block's epilogue adds it: keep a copy of this tile of it.
+  const float* res_tile = residual ? residual + j0 : nullptr;
+  if (residual && residual == c && k > kc) {
+    thread_local std::vector<float> r_copy;
+    if (static_cast<int64_t>(r_copy.size()) < m * n) r_copy.resize(m * n);
+    for (int64_t i = 0; i < m; ++i)
+      std::copy(res_tile + i * ldr, res_tile + i * ldr + n, r_copy.data() + i * n);
+    res_tile = r_copy.data();
+    ldr = n;
+  }
   const bool copy_a = aliasing_stride(lda) && m > 1;
   thread_local std::vector<float> a_copy;
   const int64_t lda_copy = padded_stride(kc);
@@ -120,7 +125,7 @@ void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, i
     g.c = c + j0;
     g.ldc = ldc;
     g.bias = bias ? bias + j0 : nullptr;
-    g.residual = residual ? residual + j0 : nullptr;
+    g.residual = res_tile;
     g.ldr = ldr;
     g.act = act;
     g.first = k0 == 0;
@@ -130,6 +135,25 @@ void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, i
 }
 
 }  // namespace
+
+// A row stride for a scratch matrix of `cols` floats per row that never aliases.
+int64_t padded_stride(int64_t cols) {
+  int64_t ld = (cols + kPanel - 1) / kPanel * kPanel;
+  return ld % 256 == 0 ? ld + kPanel : ld;
+}
+
+int64_t gemm_row_block() {
+  const int mr = select_kernel().mr;
+  return mr * std::max<int64_t>(1, 96 / mr);  // ~96-112 rows
+}
+
+void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
+                   int64_t n, const float* bias, int act, float* c, int64_t ldc) {
+  const GemmKernel kern = select_kernel();
+  for (int64_t j0 = 0; j0 < n; j0 += kNc)
+    gemm_rows(kern, a, lda, m, k, packed, j0, std::min(kNc, n - j0), bias, nullptr, 0, act, c,
+              ldc);
+}
 
 GemmKernel gemm_kernel_generic() { return {&generic_block, kGenMr, static_cast<int>(kPanel)}; }
 
@@ -153,7 +177,7 @@ void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float*
                  const float* bias, const float* residual, int64_t ldr, int act, float* out,
                  int64_t ldo, int nthreads) {
   const GemmKernel kern = select_kernel();
-  const int64_t mc = kern.mr * std::max<int64_t>(1, 96 / kern.mr);  // ~96-112 rows
+  const int64_t mc = gemm_row_block();
   const int64_t nbm = (m + mc - 1) / mc, nbn = (n + kNc - 1) / kNc;
   // Task order decides what stays in L2 between consecutive tasks of a thread. When the whole
   // packed W fits comfortably (<= kWeightL2 bytes), column blocks vary fastest: a row block

@@ -33,6 +33,32 @@ void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* 
                 const float* b1, int64_t ch, const float* w2p, const float* b2, float* out,
                 int nthreads);
 
+// out (B, Ho, Wo, cout), NHWC contiguous = act(conv2d(x) + bias) for x (B, H, W, cin) given by
+// any strides (NHWC or NCHW memory alike), a kh×kw kernel, one stride and zero padding on all
+// sides: Ho = (H + 2·pad - kh) / stride + 1. The weight (cout, cin, kh, kw) is packed as the
+// (cout, kh·kw·cin) matrix of its (cout, kh, kw, cin) permutation. An implicit GEMM: each
+// thread gathers the patches of a block of output pixels into a cache-resident buffer and
+// multiplies it by the packed weight (conv.cpp).
+struct ConvArgs {
+  const float* x;
+  int64_t batch, h, w, cin;
+  int64_t sb, sh, sw, sc;  // strides of x (elements) over batch, row, column, channel
+  int64_t kh, kw, stride, pad;
+  const float* packed;
+  int64_t cout;
+  const float* bias;  // (cout) or null
+  int act;
+  float* out;
+};
+void conv2d_packed(const ConvArgs& args, int nthreads);
+
+// Building blocks shared by the GEMM drivers (gemm.cpp, conv.cpp).
+int64_t gemm_row_block();              // rows per thread task (a multiple of the tile height)
+int64_t padded_stride(int64_t cols);   // a scratch row stride >= cols that never aliases in L1
+// C[0:m, 0:n] = act(A·W + bias) for one block of rows, single-threaded.
+void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
+                   int64_t n, const float* bias, int act, float* c, int64_t ldc);
+
 // ---- per-ISA block kernels (gemm.cpp: generic, gemm_avx2.cpp, gemm_avx512.cpp) ----
 // Computes C[0:m, 0:n] (+)= A[0:m, 0:kc]·B for one K block. `b` points at row k0 of the first
 // panel of the column block; panels are `panel_stride` floats apart. first: C is overwritten

@@ -141,18 +141,11 @@ inline typename V::vec exp(typename V::vec x) {
   return V::zero_below(V::mul(y, V::pow2_from_magic(t)), x, V::set1(kExpLo));
 }
 
-// Hardswish as PyTorch computes it: x * min(max(x + 3, 0), 6) / 6 (a true division, so the
-// result matches F.hardswish bit for bit on the same input).
+// Hardswish x·min(max(x + 3, 0), 6)/6, with ·(1/6) instead of PyTorch's /6 (may differ by
+// 1 ulp): a vector division per output costs up to half of a short-K GEMM tile (the stem's
+// first convolution has K = 27).
 template <class V>
 inline typename V::vec hardswish(typename V::vec x) {
-  const auto t = V::min(V::max(V::add(x, V::set1(3.0f)), V::zero()), V::set1(6.0f));
-  return V::div(V::mul(x, t), V::set1(6.0f));
-}
-
-// Same with ·(1/6) instead of /6 (may differ by 1 ulp): for the attention epilogue, where a
-// vector division per output would cost ~10% of the whole kernel.
-template <class V>
-inline typename V::vec hardswish_fast(typename V::vec x) {
   const auto t = V::min(V::max(V::add(x, V::set1(3.0f)), V::zero()), V::set1(6.0f));
   return V::mul(V::mul(x, t), V::set1(1.0f / 6.0f));
 }

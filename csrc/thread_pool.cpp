@@ -1,9 +1,10 @@
 // thread_pool.cpp — see thread_pool.h.
 //
-// One job runs at a time (job_mutex). A job is published by bumping `generation_`; each worker
-// that sees a new generation pulls task indices from `next_` until they run out and then
-// decrements `busy_`. The caller also pulls tasks and, when done, waits until busy_ == 0 so
-// that `fn` (which lives on the caller's stack) is never used after parallel_for returns.
+// One job runs at a time (job_mutex). A job is published by bumping `generation_`; a worker
+// that sees a new generation joins it (under `mutex_`, while it is open), pulls task indices
+// from `next_` until they run out and leaves. The caller also pulls tasks and, when done,
+// closes the job and waits until the joined workers have left, so that `fn` (which lives on
+// the caller's stack) is never used after parallel_for returns.
 #include "thread_pool.h"
 
 #include <unistd.h>
@@ -50,14 +51,20 @@ class Pool {
       ntasks_ = ntasks;
       next_.store(0, std::memory_order_relaxed);
       wanted_ = workers;
-      busy_.store(workers, std::memory_order_relaxed);
+      open_ = true;
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     t_in_pool_job = true;
     drain(fn, ntasks);
     t_in_pool_job = false;
-    while (busy_.load(std::memory_order_acquire) != 0) LEVIT_PAUSE();
+    // Close the job, then wait only for the workers that joined it: a worker the OS has not
+    // scheduled yet (the other core busy) must not hold up a call whose tasks are all done.
+    {
+      std::lock_guard<std::mutex> lk(mutex_);
+      open_ = false;
+    }
+    while (joined_.load(std::memory_order_acquire) != 0) LEVIT_PAUSE();
   }
 
  private:
@@ -100,19 +107,18 @@ class Pool {
       (void)gen;
       const std::function<void(int64_t)>* fn;
       int64_t ntasks;
-      int wanted;
       {
-        // Read the job and its generation together, so a worker that lagged behind a job it
-        // was not wanted for joins the current job exactly once.
+        // Join the current job under the lock that closes it, or skip it: late (closed),
+        // or it asked for fewer threads.
         std::lock_guard<std::mutex> lk(mutex_);
         seen = generation_.load(std::memory_order_relaxed);
+        if (!open_ || id >= wanted_) continue;
         fn = fn_;
         ntasks = ntasks_;
-        wanted = wanted_;
+        joined_.fetch_add(1, std::memory_order_relaxed);
       }
-      if (id >= wanted) continue;  // this job asked for fewer threads
       drain(*fn, ntasks);
-      busy_.fetch_sub(1, std::memory_order_acq_rel);
+      joined_.fetch_sub(1, std::memory_order_release);
     }
   }
 
@@ -124,8 +130,9 @@ class Pool {
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t ntasks_ = 0;
   int wanted_ = 0;
+  bool open_ = false;             // the job still takes workers
   std::atomic<int64_t> next_{0};
-  std::atomic<int> busy_{0};
+  std::atomic<int> joined_{0};    // workers inside the job
   std::atomic<uint64_t> generation_{0};
 };
 

@@ -86,6 +86,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n"), py::arg("bias"), py::arg("residual"), py::arg("ldr"), py::arg("act"),
       py::arg("out"), py::arg("ldo"), py::arg("nthreads"));
   m.def(
+      "conv2d_packed",
+      [](std::uintptr_t x, int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t sb,
+         int64_t sh, int64_t sw, int64_t sc, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
+         std::uintptr_t packed, int64_t cout, std::uintptr_t bias, int act, std::uintptr_t out,
+         int nthreads) {
+        levit::ConvArgs a{ptr<const float>(x), batch, h, w, cin, sb, sh, sw, sc, kh, kw, stride,
+                          pad, ptr<const float>(packed), cout, ptr<const float>(bias), act,
+                          ptr<float>(out)};
+        levit::conv2d_packed(a, nthreads);
+      },
+      release(), py::arg("x"), py::arg("batch"), py::arg("h"), py::arg("w"), py::arg("cin"),
+      py::arg("sb"), py::arg("sh"), py::arg("sw"), py::arg("sc"), py::arg("kh"), py::arg("kw"),
+      py::arg("stride"), py::arg("pad"), py::arg("packed"), py::arg("cout"), py::arg("bias"),
+      py::arg("act"), py::arg("out"), py::arg("nthreads"));
+  m.def(
       "mlp_packed",
       [](std::uintptr_t x, int64_t m, int64_t c, int64_t ldx, std::uintptr_t w1p,
          std::uintptr_t b1, int64_t ch, std::uintptr_t w2p, std::uintptr_t b2, std::uintptr_t out,

@@ -1,0 +1,84 @@
+// conv.cpp — LeViT's convolution stem as an implicit GEMM with a fused epilogue:
+//   out[b, oy, ox, :] = act( Σ_{ky,kx,ci} x[b, oy·s - p + ky, ox·s - p + kx, ci] · W[:, ky, kx, ci] + bias )
+// in NHWC, so the stem's last output is already the (B, N, C) token matrix of the first stage.
+//
+// The input is read through its strides, so NCHW images feed the first convolution in place
+// (no layout pass). Each thread task is one block of output pixels: their kh·kw·cin patches are gathered into a
+// thread-local buffer (row stride padded so rows never alias in L1; out-of-image taps are 0),
+// which then feeds the packed GEMM block kernels with the bias + Hardswish epilogue applied in
+// registers. The patch matrix never exists as a whole, and no separate activation pass runs.
+#include <algorithm>
+#include <vector>
+
+#include "gemm.h"
+#include "thread_pool.h"
+
+namespace levit {
+
+namespace {
+
+// Rows [i0, i0 + rows) of the patch matrix: the kh·kw·cin patch of each output pixel, in
+// (ky, kx, ci) order, zeros off the image. Arguments are copied to locals first: the stores
+// into `dst` could otherwise alias them in the compiler's eyes and force reloads per tap.
+void gather_patches(const ConvArgs& a, int64_t ho, int64_t wo, int64_t i0, int64_t rows,
+                    float* dst, int64_t ld) {
+  const float* const x = a.x;
+  const int64_t h = a.h, w = a.w, cin = a.cin, sb = a.sb, sh = a.sh, sw = a.sw, sc = a.sc;
+  const int64_t kh = a.kh, kw = a.kw, stride = a.stride, pad = a.pad;
+  const int64_t run = kw * cin;
+  const bool nhwc = sc == 1 && sw == cin;  // a kernel row's kw taps are one contiguous run
+  // Output pixel (b, oy, ox) of row i0, then stepped row by row (three divisions per row
+  // would cost as much as gathering a 27-float patch).
+  int64_t b = i0 / (ho * wo), oy = i0 / wo % ho, ox = i0 % wo;
+  for (int64_t r = 0; r < rows; ++r, dst += ld) {
+    const int64_t iy0 = oy * stride - pad, ix0 = ox * stride - pad;
+    const bool whole_rows = nhwc && ix0 >= 0 && ix0 + kw <= w;
+    float* d = dst;
+    for (int64_t ky = 0; ky < kh; ++ky, d += run) {
+      const int64_t iy = iy0 + ky;
+      if (iy < 0 || iy >= h) {
+        for (int64_t i = 0; i < run; ++i) d[i] = 0.0f;
+        continue;
+      }
+      const float* src_row = x + b * sb + iy * sh;
+      if (whole_rows) {
+        const float* src = src_row + ix0 * sw;
+        for (int64_t i = 0; i < run; ++i) d[i] = src[i];
+        continue;
+      }
+      for (int64_t kx = 0; kx < kw; ++kx) {  // image edge, or a non-NHWC layout
+        const int64_t ix = ix0 + kx;
+        float* dk = d + kx * cin;
+        const float* src = src_row + ix * sw;
+        if (ix < 0 || ix >= w) {
+          for (int64_t c = 0; c < cin; ++c) dk[c] = 0.0f;
+        } else {  // e.g. NCHW images read in place: channels are a plane apart
+          for (int64_t c = 0; c < cin; ++c) dk[c] = src[c * sc];
+        }
+      }
+    }
+    if (++ox == wo) {
+      ox = 0;
+      if (++oy == ho) oy = 0, ++b;
+    }
+  }
+}
+
+}  // namespace
+
+void conv2d_packed(const ConvArgs& a, int nthreads) {
+  const int64_t ho = (a.h + 2 * a.pad - a.kh) / a.stride + 1;
+  const int64_t wo = (a.w + 2 * a.pad - a.kw) / a.stride + 1;
+  const int64_t m = a.batch * ho * wo, k = a.kh * a.kw * a.cin;
+  const int64_t mb = gemm_row_block(), lda = padded_stride(k);
+  parallel_for((m + mb - 1) / mb, nthreads, [&](int64_t ib) {
+    thread_local std::vector<float> patches;
+    if (static_cast<int64_t>(patches.size()) < mb * lda) patches.resize(mb * lda);
+    const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);
+    gather_patches(a, ho, wo, i0, rows, patches.data(), lda);
+    gemm_rows_all(patches.data(), lda, rows, k, a.packed, a.cout, a.bias, a.act,
+                  a.out + i0 * a.cout, a.cout);
+  });
+}
+
+}  // namespace levit
