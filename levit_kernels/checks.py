@@ -1,10 +1,13 @@
 """Input validation shared by the public ops, the CPU launchers and the GPU launchers.
 
 Every check raises TypeError (wrong type or dtype) or ValueError (wrong shape, stride,
-device) naming the argument and what was expected, before any kernel sees a pointer.
+device, size) naming the argument and what was expected, before any kernel sees a pointer
+and before any output is allocated: the fake (meta) implementations run the same checks, so
+a bad call fails identically under torch.compile, on meta tensors and on real ones.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -13,8 +16,12 @@ CPU_DTYPES = (torch.float32,)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ACTIVATIONS = ("none", "hardswish")
 # Kernels index with 32-bit offsets on the GPU; CPU kernels use 64-bit but share the limit so
-# that both paths accept exactly the same inputs.
+# that both paths accept exactly the same inputs. It bounds every input's element count and the
+# largest offset its strides reach (a small view into a huge buffer is indexed from the view's
+# start, so the span counts, not the buffer), every output and every intermediate a kernel or
+# the reference materialises.
 MAX_NUMEL = 2**31 - 1
+PANEL = 16  # width of the packed weight panels (csrc/gemm.h kPanel; levit_kernels.cpu.PANEL)
 
 
 def _fail(exc, name, msg):
@@ -33,7 +40,12 @@ def check_tensor(t, name: str, ndim: Optional[int] = None, min_ndim: Optional[in
     if not t.dtype.is_floating_point:
         _fail(TypeError, name, f"expected a floating-point tensor, got {t.dtype}")
     if t.numel() > MAX_NUMEL:
-        _fail(ValueError, name, f"has {t.numel()} elements; at most {MAX_NUMEL} are supported")
+        _fail(ValueError, name, f"has {t.numel()} elements; at most {MAX_NUMEL} are supported "
+                                f"(32-bit indexing)")
+    if t.numel() and sum((n - 1) * s for n, s in zip(t.shape, t.stride())) > MAX_NUMEL:
+        _fail(ValueError, name, f"its strides {t.stride()} reach past element {MAX_NUMEL} from "
+                                f"its start; at most {MAX_NUMEL} elements are supported "
+                                f"(32-bit indexing): pass a smaller view")
     if unit_last_stride and t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
         _fail(ValueError, name, f"the last dimension must have unit stride, got strides "
                                 f"{t.stride()} (pass a view of a row-major tensor)")
@@ -43,6 +55,13 @@ def check_same(tensors: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
     """All given tensors on one device, one dtype, and that dtype supported on that device."""
     present = [(n, t) for n, t in tensors if t is not None]
     first_name, first = present[0]
+    # The first tensor's dtype first: for x float64 with float32 weights the message should
+    # blame x's dtype, not say that the weights should have been float64.
+    if first.device.type != "meta":
+        allowed = CUDA_DTYPES if first.device.type == "cuda" else CPU_DTYPES
+        if first.dtype not in allowed:
+            _fail(TypeError, first_name, f"expected dtype in {[str(d) for d in allowed]} on "
+                                         f"{first.device.type}, got {first.dtype}")
     for name, t in present[1:]:
         if t.device != first.device:
             _fail(ValueError, name, f"expected device {first.device} (like {first_name}), "
@@ -50,21 +69,41 @@ def check_same(tensors: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
         if t.dtype != first.dtype:
             _fail(TypeError, name, f"expected dtype {first.dtype} (like {first_name}), "
                                    f"got {t.dtype}")
-    if first.device.type not in ("meta",):
-        allowed = CUDA_DTYPES if first.device.type == "cuda" else CPU_DTYPES
-        if first.dtype not in allowed:
-            _fail(TypeError, first_name, f"expected dtype in {[str(d) for d in allowed]} on "
-                                         f"{first.device.type}, got {first.dtype}")
 
 
-def check_attention(q, k, v, bias, *, device_dtypes: bool = True) -> Tuple[int, ...]:
-    """q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv) or None, bias (H,Nq,Nk).
+def check_numel(shape, names: str, what: str) -> None:
+    """An output or intermediate of `shape` must fit 32-bit indexing too (checked before it
+    is allocated: small or stride-0 inputs can still ask for a huge output)."""
+    numel = 1
+    for n in shape:      # no int(): under torch.compile sizes may be symbolic
+        numel = numel * n
+    if numel > MAX_NUMEL:
+        _fail(ValueError, names, f"{what} {tuple(shape)} would have {numel} elements; at most "
+                                 f"{MAX_NUMEL} are supported (32-bit indexing)")
 
-    Returns (B, H, Nq, Nk, Dk, Dv) with Dv = 0 when v is None.
+
+def check_scale(scale) -> float:
+    """The softmax scale: a real number or a one-element tensor (NaN/inf are allowed and
+    propagate as in the reference)."""
+    ok = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    ok = ok or (isinstance(scale, torch.Tensor) and scale.numel() == 1
+                and not scale.dtype.is_complex and scale.dtype != torch.bool)
+    if not ok:
+        _fail(TypeError, "scale", f"expected a float, got {type(scale).__name__} {scale!r}")
+    return float(scale)
+
+
+def check_attention(q, k, v, bias, *, probs: bool = False,
+                    device_dtypes: bool = True) -> Tuple[int, ...]:
+    """q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv) (None for probs=True), bias (H,Nq,Nk).
+
+    Returns (B, H, Nq, Nk, Dk, Dv) with Dv = 0 for probs=True.
     """
     check_tensor(q, "q", ndim=4)
     check_tensor(k, "k", ndim=4)
-    if v is not None:
+    if probs:
+        v = None
+    else:
         check_tensor(v, "v", ndim=4)
     check_tensor(bias, "bias", ndim=3)
     if device_dtypes:
@@ -83,7 +122,29 @@ def check_attention(q, k, v, bias, *, device_dtypes: bool = True) -> Tuple[int, 
     if tuple(bias.shape) != (heads, n_q, n_k):
         _fail(ValueError, "bias", f"expected shape (H={heads}, Nq={n_q}, Nk={n_k}), "
                                   f"got {tuple(bias.shape)}")
+    if probs:
+        check_numel((batch, heads, n_q, n_k), "q, k", "the output (B, H, Nq, Nk) =")
+    else:
+        check_numel((batch, n_q, heads * d_v), "q, v", "the output (B, Nq, H*Dv) =")
     return batch, heads, n_q, n_k, d_k, d_v
+
+
+def check_packed(packed, name: str, out_features, in_features: int) -> None:
+    """A weight from levit_kernels.cpu.pack_weight: (ceil(N/16), K, 16) contiguous."""
+    check_tensor(packed, name, ndim=3)
+    # SymInt: under torch.compile(dynamic=True) the sizes taken from b1/b2 are symbolic.
+    if (isinstance(out_features, bool) or not isinstance(out_features, (int, torch.SymInt))
+            or out_features < 1):
+        _fail(ValueError, "out_features" if name == "packed_weight" else name,
+              f"expected a positive int for the number of output features, got {out_features!r}")
+    expected = (-(-out_features // PANEL), in_features, PANEL)
+    if tuple(packed.shape) != expected:
+        _fail(ValueError, name, f"expected shape {expected} (a ({out_features}, {in_features}) "
+                                f"weight packed by levit_kernels.cpu.pack_weight), got "
+                                f"{tuple(packed.shape)}")
+    if not packed.is_contiguous():
+        _fail(ValueError, name, f"expected a contiguous tensor (as pack_weight returns it), "
+                                f"got strides {packed.stride()}")
 
 
 def check_activation(activation) -> None:
@@ -93,11 +154,12 @@ def check_activation(activation) -> None:
 
 def check_linear(x, weight, bias, residual, activation, *, out_features: Optional[int] = None,
                  device_dtypes: bool = True) -> Tuple[int, int]:
-    """x (..., K), weight (N, K) (or a packed weight when out_features is given),
-    bias (N,) or None, residual (..., N) or None. Returns (K, N)."""
+    """x (..., K), weight (N, K) (or a packed weight, named packed_weight, when out_features
+    is given), bias (N,) or None, residual (..., N) or None. Returns (K, N)."""
     check_tensor(x, "x", min_ndim=1)
     check_activation(activation)
     k_in = x.shape[-1]
+    weight_name = "weight" if out_features is None else "packed_weight"
     if out_features is None:
         check_tensor(weight, "weight", ndim=2)
         n_out = weight.shape[0]
@@ -105,6 +167,10 @@ def check_linear(x, weight, bias, residual, activation, *, out_features: Optiona
             _fail(ValueError, "weight", f"expected shape (N, K={k_in}) to match x's last "
                                         f"dimension, got {tuple(weight.shape)}")
     else:
+        if k_in < 1:   # pack_weight never makes an empty weight
+            _fail(ValueError, "x", f"expected a last dimension >= 1 for a packed weight, got "
+                                   f"shape {tuple(x.shape)}")
+        check_packed(weight, "packed_weight", out_features, k_in)
         n_out = out_features
     if bias is not None:
         check_tensor(bias, "bias", ndim=1)
@@ -116,15 +182,17 @@ def check_linear(x, weight, bias, residual, activation, *, out_features: Optiona
         if tuple(residual.shape) != expected:
             _fail(ValueError, "residual", f"expected shape {expected}, got "
                                           f"{tuple(residual.shape)}")
+    check_numel(tuple(x.shape[:-1]) + (n_out,), f"x, {weight_name}", "the output (..., N) =")
     if device_dtypes:
-        check_same([("x", x), ("weight", weight), ("bias", bias), ("residual", residual)])
+        check_same([("x", x), (weight_name, weight), ("bias", bias), ("residual", residual)])
     return k_in, n_out
 
 
 def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, device_dtypes: bool = True):
     """x (..., C), w1 (Ch, C), b1 (Ch,), w2 (C, Ch), b2 (C,). Returns (C, Ch).
 
-    With packed=True the weights are opaque packed tensors and sizes come from b1, b2."""
+    With packed=True the weights (named w1_packed, w2_packed) come from cpu.pack_weight and
+    the sizes from b1, b2."""
     check_tensor(x, "x", min_ndim=1)
     check_tensor(b1, "b1", ndim=1)
     check_tensor(b2, "b2", ndim=1)
@@ -132,15 +200,32 @@ def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, device_dtypes: bool = 
     if b2.shape[0] != channels:
         _fail(ValueError, "b2", f"expected shape ({channels},) to match x's last dimension, "
                                 f"got {tuple(b2.shape)}")
-    if not packed:
+    w1_name, w2_name = ("w1_packed", "w2_packed") if packed else ("w1", "w2")
+    if packed:         # pack_weight never makes an empty weight
+        if channels < 1:
+            _fail(ValueError, "x", f"expected a last dimension >= 1 for packed weights, got "
+                                   f"shape {tuple(x.shape)}")
+        if hidden < 1:
+            _fail(ValueError, "b1", f"expected at least one hidden channel, got shape "
+                                    f"{tuple(b1.shape)}")
+        check_packed(w1, "w1_packed", hidden, channels)
+        check_packed(w2, "w2_packed", channels, hidden)
+    else:
         check_tensor(w1, "w1", ndim=2)
         check_tensor(w2, "w2", ndim=2)
-        if tuple(w1.shape) != (hidden, channels):
-            _fail(ValueError, "w1", f"expected shape (Ch={hidden}, C={channels}), "
-                                    f"got {tuple(w1.shape)}")
+        if w1.shape[1] != channels:
+            _fail(ValueError, "w1", f"expected shape (Ch, C={channels}) to match x's last "
+                                    f"dimension, got {tuple(w1.shape)}")
+        if hidden != w1.shape[0]:   # Ch is w1's: a b1 of another size is b1's mistake
+            _fail(ValueError, "b1", f"expected shape (Ch={w1.shape[0]},) to match w1, "
+                                    f"got {tuple(b1.shape)}")
         if tuple(w2.shape) != (channels, hidden):
             _fail(ValueError, "w2", f"expected shape (C={channels}, Ch={hidden}), "
                                     f"got {tuple(w2.shape)}")
+    # The hidden activation (..., Ch) is materialised by the reference and by the unfused GPU
+    # path (the CPU kernel keeps it in row blocks, but both paths accept the same inputs).
+    check_numel(tuple(x.shape[:-1]) + (hidden,), f"x, {w1_name}",
+                "the hidden activation (..., Ch) =")
     if device_dtypes:
-        check_same([("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)])
+        check_same([("x", x), (w1_name, w1), ("b1", b1), (w2_name, w2), ("b2", b2)])
     return channels, hidden

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -50,6 +51,30 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _output_file(text: str) -> str:
+    """A file the command writes when it is done: checked up front, so that a typo in the
+    directory fails now, not with a traceback after minutes of benchmarking."""
+    parent = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, expected a file name")
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: no such directory {parent!r}")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: directory {parent!r} is not "
+                                         f"writable")
+    return text
+
+
 def cmd_bench(args) -> int:
     from .benchmark import format_table, run_benchmark
     if args.paper:          # the paper's Table 3 protocol
@@ -70,8 +95,11 @@ def cmd_bench(args) -> int:
                            seconds=args.seconds, img_size=args.img_size)
     print(format_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        try:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+        except OSError as exc:
+            raise UsageError(f"--json {args.json!r}: cannot write it: {exc.strerror or exc}")
         print(f"saved {args.json}")
     return 0
 
@@ -91,8 +119,9 @@ def cmd_biases(args) -> int:
     except FileNotFoundError:
         raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}")
     except Exception as exc:
+        detail = str(exc) or f"{type(exc).__name__} (empty or truncated file?)"
         raise UsageError(f"--checkpoint {args.checkpoint!r}: cannot load it into "
-                         f"{args.variant}: {exc}".splitlines()[0])
+                         f"{args.variant}: {detail}".splitlines()[0])
     blocks = None
     if args.blocks:
         try:
@@ -103,6 +132,8 @@ def cmd_biases(args) -> int:
         print(f"saved {plot_bias_maps(model, args.out, blocks)}")
     except ValueError as exc:
         raise UsageError(str(exc))
+    except OSError as exc:
+        raise UsageError(f"--out {args.out!r}: cannot write it: {exc.strerror or exc}")
     return 0
 
 
@@ -138,14 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     bench.add_argument("--amp", action="store_true", help="run under autocast with --dtype")
     bench.add_argument("--img-size", type=_img_size, default=224)
-    bench.add_argument("--seconds", type=float, default=3.0, help="timing budget per provider")
+    bench.add_argument("--seconds", type=_positive_seconds, default=3.0,
+                       help="timing budget per provider")
     bench.add_argument("--compare", action="store_true",
                        help="also time ONNX Runtime and OpenVINO (CPU, when installed)")
     bench.add_argument("--compile", action="store_true", help="also time torch.compile of each")
     bench.add_argument("--paper", action="store_true",
                        help="the paper's protocol: CPU 1 thread batch 16 fp32; GPU batch 2048 "
                             "(1024 for LeViT-384) under fp16 autocast")
-    bench.add_argument("--json", metavar="PATH", help="save the numbers as JSON")
+    bench.add_argument("--json", metavar="PATH", type=_output_file,
+                       help="save the numbers as JSON")
     bench.set_defaults(func=cmd_bench)
 
     prof = sub.add_parser("profile", help="per-component block timing (paper's suppl. Table 1)")
@@ -157,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     biases.add_argument("--variant", type=_variant, default="LeViT-256")
     biases.add_argument("--img-size", type=_img_size, default=224)
     biases.add_argument("--blocks", help="comma-separated attention block indices (default all)")
-    biases.add_argument("--out", default="attention_biases.png")
+    biases.add_argument("--out", type=_output_file, default="attention_biases.png")
     biases.set_defaults(func=cmd_biases)
 
     sub.add_parser("summary", help="params and multiply-adds per variant").set_defaults(

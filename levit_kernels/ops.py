@@ -5,6 +5,7 @@
     levit::linear(x, weight, bias, residual, activation)   -> (..., N)
     levit::mlp(x, w1, b1, w2, b2)                          -> (..., C)
     levit::linear_packed / levit::mlp_packed               CPU only: weights from cpu.pack_weight
+    levit::conv2d_packed(x, w, cout, k, stride, pad, bias, activation)   CPU only, NHWC (stem)
 
 CPU tensors run the C++ kernels (levit_kernels.cpu), CUDA tensors the Triton kernels
 (levit_kernels.gpu); both are imported on first use, so importing this module touches neither
@@ -30,7 +31,11 @@ def _kernels(device: torch.device):
         cpu._lib()  # raises, naming the fix, when the extension is not built
         return cpu
     if device.type == "cuda":
-        from . import gpu
+        try:
+            from . import gpu
+        except ImportError as exc:   # no Triton: say so instead of a bare import error
+            raise RuntimeError(f"levit_kernels ops on CUDA tensors run Triton kernels: {exc}") \
+                from exc
         return gpu
     raise ValueError(f"levit_kernels ops run on cpu or cuda tensors, got device {device}")
 
@@ -53,7 +58,7 @@ def _(q, k, v, bias, scale, hardswish):
 
 @custom_op("levit::attention_probs", mutates_args=(), device_types=("cpu", "cuda"))
 def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
-    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias)
+    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True)
     if batch * heads * n_q * n_k == 0 or d_k == 0:
         return reference.attention_probs(q, k, bias, scale).contiguous()
     return _kernels(q.device).attention_probs(q, k, bias, scale)
@@ -61,7 +66,7 @@ def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor
 
 @_attention_probs.register_fake
 def _(q, k, bias, scale):
-    batch, heads, n_q, n_k, _, _ = checks.check_attention(q, k, None, bias)
+    batch, heads, n_q, n_k, _, _ = checks.check_attention(q, k, None, bias, probs=True)
     return q.new_empty((batch, heads, n_q, n_k))
 
 
@@ -123,16 +128,31 @@ def _(x, w1_packed, b1, w2_packed, b2):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@custom_op("levit::conv2d_packed", mutates_args=(), device_types="cpu")
+def _conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_size: int,
+                   stride: int, padding: int, bias: Optional[Tensor], activation: str) -> Tensor:
+    return _kernels(x.device).conv2d_packed(x, packed_weight, out_channels, kernel_size, stride,
+                                            padding, bias, activation)
+
+
+@_conv2d_packed.register_fake
+def _(x, packed_weight, out_channels, kernel_size, stride, padding, bias, activation):
+    batch, height, width, _ = x.shape
+    out_h = (height + 2 * padding - kernel_size) // stride + 1
+    out_w = (width + 2 * padding - kernel_size) // stride + 1
+    return x.new_empty((batch, out_h, out_w, out_channels))
+
+
 # -- public wrappers: keyword defaults, the same checks ---------------------------------------
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
               hardswish: bool = False) -> Tensor:
     """act(softmax(scale * q @ k^T + bias) @ v) as (B, Nq, H*Dv); see levit::attention."""
-    return torch.ops.levit.attention(q, k, v, bias, float(scale), bool(hardswish))
+    return torch.ops.levit.attention(q, k, v, bias, checks.check_scale(scale), bool(hardswish))
 
 
 def attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
     """softmax(scale * q @ k^T + bias) as (B, H, Nq, Nk)."""
-    return torch.ops.levit.attention_probs(q, k, bias, float(scale))
+    return torch.ops.levit.attention_probs(q, k, bias, checks.check_scale(scale))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -159,3 +179,14 @@ def linear_packed(x: Tensor, packed_weight: Tensor, out_features: int,
 def mlp_packed(x: Tensor, w1_packed: Tensor, b1: Tensor, w2_packed: Tensor, b2: Tensor) -> Tensor:
     """mlp() with both weights packed by levit_kernels.cpu.pack_weight (CPU only)."""
     return torch.ops.levit.mlp_packed(x, w1_packed, b1, w2_packed, b2)
+
+
+def conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_size: int,
+                  stride: int = 1, padding: int = 0, bias: Optional[Tensor] = None,
+                  activation: str = "none") -> Tensor:
+    """act(conv2d + bias) in NHWC, x (B, H, W, Cin) -> (B, Ho, Wo, Cout), square kernel, with
+    the weight packed by levit_kernels.cpu.pack_conv_weight (CPU only)."""
+    checks.check_activation(activation)
+    checks.check_tensor(x, "x", ndim=4)
+    return torch.ops.levit.conv2d_packed(x, packed_weight, int(out_channels), int(kernel_size),
+                                         int(stride), int(padding), bias, activation)

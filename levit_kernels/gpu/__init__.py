@@ -10,6 +10,14 @@ set before triton was imported (how CI without a GPU runs them). Each also accep
 keyword `out=` (a contiguous output buffer). Importing this package compiles nothing and does
 not touch CUDA; kernels are compiled (and autotuned, on GPUs) at their first call per shape.
 """
+try:
+    import triton  # noqa: F401  (imported here first so that a missing Triton says what to do)
+except ImportError as _exc:
+    raise ImportError(
+        f"levit_kernels.gpu needs Triton, which cannot be imported ({_exc}). Install it with "
+        "`pip install triton` (torch's CUDA wheels ship it); without it only the CPU kernels "
+        "and the plain PyTorch path are available.") from _exc
+
 from .attention import attention, attention_probs
 from .linear import linear, mlp
 

@@ -14,8 +14,11 @@
 # Softmax. Base 2: log2(e) is folded into the scale and into the bias as it is loaded, so the
 # exponentials are exp2. Keys are walked in BLOCK_N blocks with an online (running max / sum)
 # softmax, so any Nk works; LeViT's Nk <= 196 fits one block (BLOCK_N = next_pow2(Nk)), which
-# makes the loop a single iteration. Masked keys get -inf before the max; a row whose keys are
-# all masked keeps max -inf, which is replaced by 0 before subtracting, so it yields 0, not NaN.
+# makes the loop a single iteration. Padding keys (past Nk) get -inf before the max; a running
+# max that is still -inf is replaced by 0 before subtracting, so padding never makes a NaN. A
+# row whose real keys are all -inf (the bias masks them all) ends with sum 0 and is divided by
+# it: NaN, exactly what the reference's torch.softmax gives for such a row. NaN/inf in q, k, v
+# or the bias propagate through the same IEEE arithmetic as in the reference.
 #
 # Blocks. BLOCK_DK / BLOCK_DV are Dk / Dv rounded up to a power of two (>= 16, tl.dot's minimum)
 # with masked padding, so Dk 16/32/64 run unpadded and odd head dims still work. BLOCK_M and
@@ -107,7 +110,9 @@ def _attention_kernel(Q, K, V, Bias, Out,
                         mask=(offs_n[:, None] < N_K) & (offs_dv[None, :] < D_V), other=0.0)
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
             m_i = m_new
-        acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        # l_i == 0 only when Nk == 0 (empty sum: 0, as the reference's empty matmul) or when
+        # every key of the row is -inf (0/0 = NaN, as torch.softmax gives).
+        acc = acc / tl.where((l_i == 0.0) & (N_K == 0), 1.0, l_i)[:, None]
         if HARDSWISH:
             acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
         # out[b, m, h*Dv + d] of the contiguous (B, Nq, H*Dv) output.
@@ -150,7 +155,7 @@ def _attention_probs_kernel(Q, K, Bias, Out,
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
     m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-    inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)
+    inv_l = 1.0 / l_i      # rows of all -inf keys: 0 * inf = NaN, as torch.softmax gives
     out_base = (off_b * H + off_h) * N_Q * N_K
     for start_n in range(0, N_K, BLOCK_N):
         s = _scores(q, K, Bias, k_base, b_base, offs_m, start_n, stride_kn, stride_bq,
@@ -248,11 +253,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias,
                                                               device_dtypes=False)
     _check_inputs([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    scale = checks.check_scale(scale)
     out = _check_out(out, (batch, n_q, heads * d_v), q)
     if out.numel() == 0:
         return out
     args = (q, k, v, bias, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            *bias.stride(), heads, n_q, n_k, d_k, d_v, batch * heads, float(scale) * LOG2E)
+            *bias.stride(), heads, n_q, n_k, d_k, d_v, batch * heads, scale * LOG2E)
     consts = dict(HARDSWISH=bool(hardswish), IEEE=q.dtype == torch.float32,
                   BLOCK_N=_key_block(n_k), BLOCK_DK=_pow2(d_k), BLOCK_DV=_pow2(d_v))
     bh = batch * heads
@@ -270,14 +276,15 @@ def _attn_grid(bh: int, n_q: int, meta):
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, *,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(scale * q @ k^T + bias) -> (B, H, Nq, Nk) contiguous (`out` as in attention)."""
-    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias,
+    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True,
                                                             device_dtypes=False)
     _check_inputs([("q", q), ("k", k), ("bias", bias)])
+    scale = checks.check_scale(scale)
     out = _check_out(out, (batch, heads, n_q, n_k), q)
     if out.numel() == 0:
         return out
     args = (q, k, bias, out, *q.stride()[:3], *k.stride()[:3], *bias.stride(),
-            heads, n_q, n_k, d_k, float(scale) * LOG2E)
+            heads, n_q, n_k, d_k, scale * LOG2E)
     consts = dict(IEEE=q.dtype == torch.float32, BLOCK_N=_key_block(n_k), BLOCK_DK=_pow2(d_k))
     bh = batch * heads
     if _interpreting():
