@@ -51,36 +51,88 @@ def fold_norm_linear(nl):
     return weight * scale[None, :], nl.linear.bias.double() + weight @ shift
 
 
+def _kernels(device: torch.device):
+    """What the fused layers call: the registered `levit::*` ops under torch.compile (which
+    must see them to trace the graph), otherwise the launchers of levit_kernels.cpu / .gpu
+    directly. The torch.ops dispatcher costs ~20 us per call, and a batch-1 LeViT forward
+    makes ~240 calls: a third of its time. The launchers validate their inputs all the same."""
+    if torch.compiler.is_compiling():
+        return ops
+    if device.type == "cpu":
+        from . import cpu
+        return cpu
+    from . import gpu
+    return gpu
+
+
 class FusedLinear:
-    """A folded linear layer, packed for the CPU GEMM or kept as (N, K) for the GPU."""
+    """A folded linear layer: packed once for the CPU GEMM (cpu.PackedLinear, which also
+    checks the weight once instead of per call) or kept as (N, K) for the GPU."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, device, dtype):
         self.out_features = weight.shape[0]
         self.bias = bias.to(device=device, dtype=dtype).contiguous()
-        weight = weight.to(device=device, dtype=dtype).contiguous()
+        self.weight = weight.to(device=device, dtype=dtype).contiguous()
+        self.cpu_layer, self.packed = None, None
         if device.type == "cpu":
             from . import cpu
-            self.weight, self.packed = weight, cpu.pack_weight(weight)
-        else:
-            self.weight, self.packed = weight, None
+            self.cpu_layer = cpu.PackedLinear(self.weight, self.bias)
+            self.packed = self.cpu_layer.packed
 
     def __call__(self, x, residual=None, activation="none"):
+        if self.cpu_layer is not None and not torch.compiler.is_compiling():
+            return self.cpu_layer(x, residual, activation)
         if self.packed is not None:
             return ops.linear_packed(x, self.packed, self.out_features, self.bias, residual,
                                      activation)
-        return ops.linear(x, self.weight, self.bias, residual, activation)
+        return _kernels(x.device).linear(x, self.weight, self.bias, residual, activation)
+
+
+class FusedConv:
+    """A stem convolution (3x3, stride 2, padding 1 in LeViT) with its BatchNorm folded in.
+
+    CPU: the packed implicit-GEMM kernel on NHWC activations, Hardswish fused in its epilogue.
+    CUDA: cuDNN's convolution on NCHW, then Hardswish."""
+
+    def __init__(self, conv_norm, device, dtype):
+        weight, bias = fold_conv_norm(conv_norm)
+        conv = conv_norm.linear
+        self.stride, self.padding = conv.stride[0], conv.padding[0]
+        self.out_channels, self.kernel_size = weight.shape[0], weight.shape[-1]
+        self.weight = weight.to(device=device, dtype=dtype).contiguous()
+        self.bias = bias.to(device=device, dtype=dtype).contiguous()
+        self.packed = None
+        if device.type == "cpu":
+            from . import cpu
+            self.packed = cpu.pack_conv_weight(self.weight)
+
+    def __call__(self, x, activation):
+        if self.packed is not None:
+            return _kernels(x.device).conv2d_packed(x, self.packed, self.out_channels,
+                                                    self.kernel_size, self.stride, self.padding,
+                                                    self.bias, activation)
+        x = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        return F.hardswish(x) if activation == "hardswish" else x
 
 
 class FusedMlp:
     def __init__(self, mlp: LevitMlp, device, dtype):
         self.fc1 = FusedLinear(*fold_linear_norm(mlp.ln1), device, dtype)
         self.fc2 = FusedLinear(*fold_linear_norm(mlp.ln2), device, dtype)
+        self.cpu_layer = None
+        if device.type == "cpu":
+            from . import cpu
+            self.cpu_layer = cpu.PackedMlp(self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                           self.fc2.bias)
 
     def __call__(self, x):
-        if self.fc1.packed is not None:
+        if self.cpu_layer is not None:
+            if not torch.compiler.is_compiling():
+                return self.cpu_layer(x)
             return ops.mlp_packed(x, self.fc1.packed, self.fc1.bias, self.fc2.packed,
                                   self.fc2.bias)
-        return ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        return _kernels(x.device).mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                      self.fc2.bias)
 
 
 class FusedAttention:
@@ -108,11 +160,11 @@ class FusedAttention:
             grid = x.view(batch, self.resolution[0], self.resolution[1], channels)
             x_sub = grid[:, ::self.stride, ::self.stride].reshape(batch, -1, channels)
             q = self.q(x_sub).view(batch, -1, heads, dk).permute(0, 2, 1, 3)
-            out = ops.attention(q, k, v, self.bias, self.scale, True)
+            out = _kernels(x.device).attention(q, k, v, self.bias, self.scale, True)
             return self.proj(out)
         qkv = self.qkv(x).view(batch, n, heads, 2 * dk + self.val_dim).permute(0, 2, 1, 3)
         q, k, v = qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
-        out = ops.attention(q, k, v, self.bias, self.scale, True)
+        out = _kernels(x.device).attention(q, k, v, self.bias, self.scale, True)
         return self.proj(out, residual=x)
 
 
@@ -121,11 +173,10 @@ class FusedPlan:
 
     def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype):
         self.device, self.dtype = device, dtype
-        self.key = _state_key(model, device, dtype)
-        self.stem = []
-        for name in ("conv1", "conv2", "conv3", "conv4"):
-            weight, bias = fold_conv_norm(getattr(model.stem, name))
-            self.stem.append((weight.to(device, dtype), bias.to(device, dtype)))
+        self.slots = _state_slots(model)
+        self.key = _state_key(self.slots, device, dtype)
+        self.stem = [FusedConv(getattr(model.stem, name), device, dtype)
+                     for name in ("conv1", "conv2", "conv3", "conv4")]
         self.layers: List = []
         for stage in model.stages:
             if not isinstance(stage.downsample, torch.nn.Identity):
@@ -144,24 +195,47 @@ class FusedPlan:
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.dtype)
-        for i, (weight, bias) in enumerate(self.stem):
-            x = F.conv2d(x, weight, bias, stride=2, padding=1)
-            if i < 3:
-                x = F.hardswish(x)
-        x = x.flatten(2).transpose(1, 2).contiguous()
+        if self.device.type == "cpu":    # NHWC: the stem's output is already (B, N, C)
+            # NHWC copy first: the first conv could read the NCHW view in place, but gathering
+            # its 3-channel taps a plane apart costs more than this copy (measured).
+            x = x.permute(0, 2, 3, 1).contiguous()
+        for i, conv in enumerate(self.stem):
+            x = conv(x, "hardswish" if i < 3 else "none")
+        if self.device.type == "cpu":
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+        else:
+            x = x.flatten(2).transpose(1, 2).contiguous()
         for layer in self.layers:
             x = layer(x)
         x = x.mean(dim=1)
         return self.head(x) if self.head is not None else x
 
 
-def _state_tensors(model: LeViT):
-    return [t for t in list(model.parameters()) + list(model.buffers())]
+def _state_slots(model: LeViT):
+    """Where every submodule, parameter and buffer lives: (owning dict, name) pairs.
+
+    Walking the module tree (model.parameters()) costs ~2 ms per call for LeViT, a fifth of a
+    batch-1 forward; the slots are found once per plan and then read directly. Reading them
+    afresh still notices a tensor or a submodule put in place of another (model.head = ...,
+    module.weight = ...): a replaced module's identity changes the key."""
+    tensor_slots, module_slots = [], []
+    for module in model.modules():
+        tensor_slots += [(module._parameters, name) for name in module._parameters]
+        tensor_slots += [(module._buffers, name) for name in module._buffers]
+        module_slots += [(module._modules, name) for name in module._modules]
+    return tensor_slots, module_slots
 
 
-def _state_key(model: LeViT, device, dtype):
-    """What the plan depends on: every tensor's storage and in-place version, device, dtype."""
-    return (device, dtype) + tuple((t.data_ptr(), t._version) for t in _state_tensors(model))
+def _state_key(slots, device, dtype):
+    """What the plan depends on: every tensor's storage and in-place version, every submodule's
+    identity, the device and dtype. (Edits through `.data` bypass the version counter: call
+    model.refresh_fused() after them.)"""
+    tensor_slots, module_slots = slots
+    tensors = (owner[name] for owner, name in tensor_slots)
+    return ((device, dtype) + tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
+            # the modules themselves, not id()s: the key keeps them alive, so a new module
+            # can never reuse a replaced one's address
+            + tuple(owner[name] for owner, name in module_slots))
 
 
 def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
@@ -181,7 +255,7 @@ def get_plan(model: LeViT, images: torch.Tensor) -> FusedPlan:
             raise RuntimeError("torch.compile of a fused LeViT: run one eager forward first "
                                "(model(images)) so the fused weights exist before tracing")
         return plan
-    if plan is None or plan.key != _state_key(model, device, dtype):
+    if plan is None or plan.key != _state_key(plan.slots, device, dtype):
         with torch.no_grad():
             plan = FusedPlan(model, device, dtype)
         model._fused_cache = plan

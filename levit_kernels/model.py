@@ -315,6 +315,12 @@ class LeViT(nn.Module):
     # fused.get_plan checks every tensor's storage and version counter on each eager call, so
     # in-place edits are caught there. Where tensors are replaced or the mode changes, the plan
     # is rebuilt at once, so torch.compile (which cannot run those checks) always finds one.
+    def refresh_fused(self):
+        """Rebuild the fused path's folded/packed weights now. Needed only after edits the
+        cache cannot see: in-place changes through `.data` (which has its own version counter,
+        e.g. `p.data.mul_(...)`); everything else rebuilds it by itself."""
+        self._refresh_fused()
+
     def _refresh_fused(self):
         self._fused_cache = None
         if self.fused and not self.training:
