@@ -1,7 +1,12 @@
-"""Helpers shared by the model tests: random weights and the original release's key names."""
+"""Helpers shared by the tests: random weights, the original release's key names, and the
+CPU kernel paths / thread counts to run kernel tests on."""
+import contextlib
 import re
 
+import pytest
 import torch
+
+from levit_kernels import cpu
 
 
 def randomize_(model, generator=None):
@@ -90,3 +95,77 @@ def timm_to_original(state, depth):
             continue
         raise KeyError(f"no original-release name for {key}")
     return out
+
+
+# ---- CPU kernel paths and thread counts: fixtures for the kernel test files -----------------
+# Import them into a test module (`from levit_testing import isa, threads`) to run each test on
+# every ISA path the CPU has (levit_kernels.cpu.set_isa) and with 1 and 2 threads.
+CPU_ISAS = cpu.available_isas() if cpu.is_available() else []
+
+
+@contextlib.contextmanager
+def using_isa(name):
+    """Run the CPU kernels on one ISA path, restoring the previous one afterwards."""
+    old = cpu.isa()
+    cpu.set_isa(name)
+    try:
+        yield name
+    finally:
+        cpu.set_isa(old)
+
+
+@contextlib.contextmanager
+def using_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    with using_isa(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request):
+    with using_threads(request.param):
+        yield request.param
+
+
+def assert_close(out, expected, rel=1e-5):
+    """max|out - expected| <= rel · max|expected|: the float32 kernels' tolerance (see
+    test_cpu_kernels.py's docstring for why the bound is relative to the output's scale)."""
+    assert out.shape == expected.shape, (out.shape, expected.shape)
+    assert torch.isfinite(out).all(), "non-finite output (a NaN guard or gap was read?)"
+    err = (out.double() - expected.double()).abs().max().item() if out.numel() else 0.0
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    assert err <= rel * max(scale, 1e-30), f"max err {err:.3e} vs {rel:.0e}·{scale:.3e}"
+
+
+def op_calls(seed=0, tokens=16, channels=32, heads=2, key_dim=8):
+    """{name: zero-argument call} of every levit_kernels.ops op on fixed small CPU inputs
+    shaped like a LeViT block (q/k/v are strided views of one packed projection)."""
+    from levit_kernels import ops
+
+    g = torch.Generator().manual_seed(seed)
+    n, c, h, dk, dv = tokens, channels, heads, key_dim, 2 * key_dim
+    qkv = torch.randn(2, n, h, 2 * dk + dv, generator=g).permute(0, 2, 1, 3)
+    q, k, v = qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
+    bias = torch.randn(h, n, n, generator=g)
+    x = torch.randn(2, n, c, generator=g)
+    w1, b1 = torch.randn(2 * c, c, generator=g) / c ** 0.5, torch.randn(2 * c, generator=g)
+    w2, b2 = torch.randn(c, 2 * c, generator=g) / (2 * c) ** 0.5, torch.randn(c, generator=g)
+    residual = torch.randn(2, n, 2 * c, generator=g)
+    w1p, w2p = cpu.pack_weight(w1), cpu.pack_weight(w2)
+    return {
+        "attention": lambda: ops.attention(q, k, v, bias, dk ** -0.5, True),
+        "attention_probs": lambda: ops.attention_probs(q, k, bias, dk ** -0.5),
+        "linear": lambda: ops.linear(x, w1, b1, residual, "hardswish"),
+        "mlp": lambda: ops.mlp(x, w1, b1, w2, b2),
+        "linear_packed": lambda: ops.linear_packed(x, w1p, 2 * c, b1, residual, "hardswish"),
+        "mlp_packed": lambda: ops.mlp_packed(x, w1p, b1, w2p, b2),
+    }

@@ -1,5 +1,6 @@
 """The `levit-kernels` command on tiny settings: every subcommand, and its error handling."""
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,49 @@ def test_unreadable_checkpoint(tmp_path):
     result = run_cli("biases", "--checkpoint", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot load" in result.stderr
+
+
+# ---- more bad input, checked in-process (fast): exit code 2, one error line, no traceback.
+def _checkpoint(tmp_path, variant="128S"):
+    path = tmp_path / f"{variant}.pth"
+    if not path.exists():
+        torch.save(LeViT(variant).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda p: ["bench", "--img-size", "8"], "sides >= 16"),
+    (lambda p: ["bench", "--img-size", "224x"], "expected N or HxW"),
+    (lambda p: ["bench", "--threads", "-1"], "positive integer"),
+    (lambda p: ["bench", "--seconds", "-1"], "positive number of seconds"),
+    (lambda p: ["bench", "--seconds", "soon"], "positive number of seconds"),
+    (lambda p: ["bench", "--json", str(p / "missing" / "out.json")], "no such directory"),
+    (lambda p: ["bench", "--json", str(p)], "is a directory"),
+    (lambda p: ["bench", "--device", "tpu"], "invalid choice"),
+    (lambda p: ["biases", "--variant", "128S"], "required: --checkpoint"),
+    (lambda p: ["biases", "--checkpoint", str(p)], "cannot load"),              # a directory
+    (lambda p: ["biases", "--checkpoint", os.devnull], "cannot load"),          # empty
+    (lambda p: ["biases", "--checkpoint", _checkpoint(p), "--variant", "LeViT-128"],
+     "does not match LeViT-128"),                                               # wrong variant
+    (lambda p: ["biases", "--checkpoint", _checkpoint(p), "--variant", "128S",
+                "--out", str(p / "missing" / "maps.png")], "no such directory"),
+    (lambda p: ["biases", "--checkpoint", _checkpoint(p), "--variant", "128S",
+                "--blocks", "1,x"], "comma-separated integers"),
+    (lambda p: ["summary", "extra"], "unrecognized arguments"),
+    (lambda p: [], "required"),
+])
+def test_bad_input_in_process(make_args, message, tmp_path, capsys):
+    try:
+        code = main(make_args(tmp_path))
+    except SystemExit as exc:      # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1], err
+    assert "error:" in err[-1] and err[-1].startswith("levit-kernels")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+def test_bench_cuda_without_cuda(capsys):
+    assert main(["bench", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -233,6 +233,46 @@ def test_mlp(mch, packed, isa, threads):
     assert_close(out, expected)
 
 
+# ---------------------------------------------------------------- conv (the stem)
+# (B, Cin, H, W, Cout, kernel, stride, padding): LeViT's stem convolutions (3x3, stride 2,
+# padding 1 at 224 and odd sizes) and other geometries, on NHWC and NCHW-strided inputs.
+CONV_SHAPES = [(2, 3, 32, 32, 16, 3, 2, 1), (1, 16, 13, 7, 33, 3, 2, 1), (1, 64, 28, 28, 128, 3, 2, 1),
+               (3, 5, 9, 11, 7, 3, 1, 1), (1, 4, 5, 5, 3, 1, 1, 0), (2, 6, 8, 9, 17, (3, 2), 3, 2),
+               (1, 1, 1, 1, 1, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv2d(shape, isa, threads):
+    batch, cin, h, w, cout, kernel, stride, pad = shape
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = torch.randn(batch, cin, h, w)
+    weight, bias = torch.randn(cout, cin, kh, kw), torch.randn(cout)
+    packed = cpu.pack_conv_weight(weight)
+    for act in ("none", "hardswish"):
+        expected = torch.nn.functional.conv2d(x, weight, bias, stride, pad)
+        if act == "hardswish":
+            expected = torch.nn.functional.hardswish(expected)
+        expected = expected.permute(0, 2, 3, 1)
+        for layout in (x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1).contiguous()):
+            assert_close(cpu.conv2d_packed(layout, packed, cout, kernel, stride, pad, bias, act),
+                         expected)
+
+
+def test_conv2d_validation():
+    x = torch.randn(1, 8, 8, 3)
+    packed = cpu.pack_conv_weight(torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="packed"):
+        cpu.conv2d_packed(torch.randn(1, 8, 8, 2), packed, 4, 3, 2, 1)
+    with pytest.raises(ValueError, match="stride"):
+        cpu.conv2d_packed(x, packed, 4, 3, 0, 1)
+    with pytest.raises(ValueError, match="padding"):
+        cpu.conv2d_packed(x, packed, 4, 3, 1, -1)
+    with pytest.raises(ValueError, match="smaller than"):
+        cpu.conv2d_packed(torch.randn(1, 1, 1, 3), packed, 4, 3, 1, 0)
+    with pytest.raises(ValueError, match="bias"):
+        cpu.conv2d_packed(x, packed, 4, 3, 2, 1, torch.randn(5))
+
+
 # ---------------------------------------------------------------- validation
 def test_attention_validation():
     q, k, v = qkv_views(1, 2, 7, 7, 4, 8)

@@ -131,3 +131,63 @@ def test_torch_compile_fullgraph_same_logits():
     compiled = torch.compile(fused, fullgraph=True)
     with torch.no_grad():
         assert rel_err(compiled(images), plain(images)) <= 1e-5
+
+
+# ---- staleness cases test_cache_is_never_stale does not reach ------------------------------
+def test_cache_after_a_training_forward():
+    """A training-mode forward updates every BatchNorm's running statistics in place; the
+    next eval-mode forward must fold the new statistics, not the ones cached before."""
+    plain, fused = pair()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fused(images)                                   # cache the plan
+        batch = 2 * torch.randn(4, 3, 224, 224) + 1
+        for model in (plain, fused):
+            model.train()(batch)
+            model.eval()
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
+def _replace_head(model):
+    from levit_kernels.model import NormLinear
+    g = torch.Generator().manual_seed(5)
+    head = randomize_(NormLinear(model.head.linear.in_features, 1000), g).eval()
+    model.head = head
+
+
+def _replace_parameter(model):
+    weight = model.stages[1].blocks[0].mlp.ln1.linear.weight
+    model.stages[1].blocks[0].mlp.ln1.linear.weight = torch.nn.Parameter(
+        weight.detach() * torch.linspace(-1, 1, weight.shape[1]))
+
+
+def _edit_through_data(model):
+    model.head.linear.weight.data.mul_(-1.0)
+    model.stages[0].blocks[0].attn.attention_biases.data.add_(
+        torch.linspace(0, 3, model.stages[0].blocks[0].attn.attention_biases.shape[-1]))
+
+
+@pytest.mark.parametrize("edit", [_replace_head, _replace_parameter],
+                         ids=["submodule", "parameter"])
+def test_cache_after_replacements(edit):
+    plain, fused = pair()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fused(images)                                   # cache the plan
+        edit(plain)
+        edit(fused)
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
+def test_edits_through_data_need_refresh_fused():
+    """`p.data.mul_(...)` edits a parameter without bumping its version counter (`.data` has a
+    counter of its own), so no cheap key can see it: the documented remedy is
+    model.refresh_fused(), which must then give the edited model's logits."""
+    plain, fused = pair()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        fused(images)                                   # cache the plan
+        _edit_through_data(plain)
+        _edit_through_data(fused)
+        fused.refresh_fused()
+        assert rel_err(fused(images), plain(images)) <= 1e-5

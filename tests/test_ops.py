@@ -37,6 +37,10 @@ def op_samples(device):
             (torch.ops.levit.linear_packed.default, (x, packed, 40, b, residual, "hardswish")),
             (torch.ops.levit.mlp_packed.default, (x, packed, b, packed2, b2)),
         ]
+        image = torch.randn(2, 9, 11, 3)  # NHWC
+        conv_w, conv_b = torch.randn(17, 3, 3, 3), torch.randn(17)
+        samples += [(torch.ops.levit.conv2d_packed.default,
+                     (image, cpu.pack_conv_weight(conv_w), 17, 3, 2, 1, conv_b, "hardswish"))]
     return samples
 
 

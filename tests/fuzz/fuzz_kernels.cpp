@@ -1,0 +1,376 @@
+// fuzz_kernels.cpp — randomized, torch-free test of the C++ CPU kernels, meant to run under
+// AddressSanitizer + UndefinedBehaviorSanitizer (tests/test_sanitizers.py builds and runs it).
+//
+//   cmake -S . -B build-fuzz -G Ninja -DLEVIT_PYTHON=OFF -DLEVIT_FUZZ=ON -DLEVIT_SANITIZE=ON
+//   ninja -C build-fuzz levit_fuzz && build-fuzz/levit_fuzz --iters 20000 --seed 7
+//
+// Each iteration draws one call — levit::attention (output or probabilities, Hardswish on or
+// off), levit::gemm_packed (every epilogue, the residual sometimes aliasing the output, as
+// gemm.h allows), levit::mlp_packed or levit::pack_weight — with random sizes biased towards
+// 1 and micro-tile tails, on a random ISA path (levit::set_isa over every path this CPU has)
+// and 1 or 2 threads. Inputs are strided views into larger buffers whose gaps hold NaN, so a
+// kernel that reads an element it should not use poisons its result; outputs sit between NaN
+// guard regions (and, for strided outputs, NaN gaps between rows) that must survive the call.
+// Results are compared with a naive double-precision reference: |out - ref| <= 1e-4·max|ref|
+// (+1e-6), i.e. float32 accumulation error relative to the output's scale.
+//
+// Exit status: 0 when every iteration passed, 1 on the first mismatch or damaged guard (the
+// message names the iteration, the call and its sizes; rerun with the same --seed to debug),
+// 2 on bad arguments. Buffers are exactly as large as what they hold plus the guards, so
+// ASan reports reads or writes past them.
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "cpu_features.h"
+#include "gemm.h"
+
+namespace {
+
+constexpr int64_t kGuard = 16;  // NaN floats before and after every output (one ZMM vector)
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::mt19937_64 rng;
+
+int64_t uniform(int64_t lo, int64_t hi) {  // inclusive
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+bool coin(double p = 0.5) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; }
+
+// A size in [1, hi], biased to 1, small values and the tails of the micro-tiles (a size just
+// below or above a multiple of 4, 6, 8, 14, 16 or 32) — where masking and row tails live.
+int64_t dim(int64_t hi) {
+  const int r = static_cast<int>(uniform(0, 9));
+  int64_t n;
+  if (r == 0) n = 1;
+  else if (r <= 3) n = uniform(1, std::min<int64_t>(hi, 20));
+  else if (r <= 6) {
+    static const int64_t bases[] = {4, 6, 8, 14, 16, 28, 32, 42, 48, 64, 96, 112, 128, 196, 256};
+    n = bases[uniform(0, 14)] + uniform(-1, 1);
+  } else n = uniform(1, hi);
+  return std::max<int64_t>(1, std::min(n, hi));
+}
+
+float value() { return std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng); }
+
+// A buffer of `n` floats between two NaN guards; everything starts as NaN.
+struct Guarded {
+  std::vector<float> mem;
+  int64_t n;
+  explicit Guarded(int64_t size) : mem(static_cast<size_t>(size + 2 * kGuard), kNaN), n(size) {}
+  float* data() { return mem.data() + kGuard; }
+  bool guards_intact() const {
+    for (int64_t i = 0; i < kGuard; ++i)
+      if (!std::isnan(mem[i]) || !std::isnan(mem[kGuard + n + i])) return false;
+    return true;
+  }
+};
+
+// A matrix of `rows` × `cols` with row stride ld >= cols inside a guarded buffer; the gaps
+// between rows stay NaN.
+struct Strided {
+  Guarded buf;
+  int64_t rows, cols, ld;
+  Strided(int64_t r, int64_t c, int64_t stride)
+      : buf(r == 0 ? 0 : (r - 1) * stride + c), rows(r), cols(c), ld(stride) {}
+  float* p() { return buf.data(); }
+  float& at(int64_t i, int64_t j) { return buf.data()[i * ld + j]; }
+  void randomize() {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) at(i, j) = value();
+  }
+  bool gaps_intact() {  // guards and the inter-row gaps still NaN
+    if (!buf.guards_intact()) return false;
+    for (int64_t i = 0; i + 1 < rows; ++i)
+      for (int64_t j = cols; j < ld; ++j)
+        if (!std::isnan(at(i, j))) return false;
+    return true;
+  }
+};
+
+// A (B, H, N, D) tensor view with random strides into a NaN-filled buffer: unit stride on D,
+// heads and tokens interleaved either way (LeViT's packed qkv is (B, N, H, D)), gaps between
+// rows, and sometimes a zero batch stride (an expanded tensor).
+struct View4 {
+  std::vector<float> mem;  // exactly the span of the view: ASan sees any read past it
+  int64_t B, H, N, D, sb, sh, sn;
+  View4(int64_t b, int64_t h, int64_t n, int64_t d) : B(b), H(h), N(n), D(d) {
+    const int64_t row = d + (coin(0.5) ? 0 : uniform(1, 9));
+    if (coin(0.5)) {          // (B, N, H, D): token-major, like a packed projection
+      sh = row;
+      sn = h * row + (coin(0.5) ? 0 : uniform(1, 5));
+      sb = n * sn;
+    } else {                  // (B, H, N, D)
+      sn = row;
+      sh = n * sn + (coin(0.5) ? 0 : uniform(1, 5));
+      sb = h * sh;
+    }
+    if (b > 1 && coin(0.1)) sb = 0;  // broadcast over the batch
+    else sb += coin(0.5) ? 0 : uniform(1, 7);
+    const int64_t span = (b - 1) * sb + (h - 1) * sh + (n - 1) * sn + d;
+    mem.assign(static_cast<size_t>(span), kNaN);
+    for (int64_t ib = 0; ib < b; ++ib)
+      for (int64_t ih = 0; ih < h; ++ih)
+        for (int64_t in = 0; in < n; ++in)
+          for (int64_t id = 0; id < d; ++id) at(ib, ih, in, id) = value();
+  }
+  float& at(int64_t b, int64_t h, int64_t n, int64_t d) {
+    return mem[static_cast<size_t>(b * sb + h * sh + n * sn + d)];
+  }
+  const float* p() const { return mem.data(); }
+};
+
+double hardswish(double x) { return x * std::min(std::max(x + 3.0, 0.0), 6.0) / 6.0; }
+
+// Compares out (count values, element i at out[index(i)]) with ref; prints the first bad one.
+template <class Index>
+bool close(const char* what, const float* out, const std::vector<double>& ref, Index index) {
+  double scale = 0;
+  for (double r : ref) scale = std::max(scale, std::fabs(r));
+  const double tol = 1e-4 * scale + 1e-6;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double o = out[index(static_cast<int64_t>(i))];
+    if (!(std::fabs(o - ref[i]) <= tol)) {  // also catches NaN
+      std::fprintf(stderr, "MISMATCH %s: element %zu is %.9g, reference %.9g (tol %.3g)\n",
+                   what, i, o, ref[i], tol);
+      return false;
+    }
+  }
+  return true;
+}
+
+char g_call[512];  // the call being checked, for failure messages
+
+bool fail(const char* why) {
+  std::fprintf(stderr, "FAILED %s: %s\n", g_call, why);
+  return false;
+}
+
+// ---------------------------------------------------------------------------- attention
+bool check_attention(int nthreads) {
+  const int64_t B = uniform(1, 3), H = uniform(1, 4), nq = dim(60);
+  const int64_t nk = coin(0.1) ? dim(210) : dim(70), dk = dim(40), dv = dim(80);
+  const bool probs = coin(0.3), hs = coin(0.5);
+  std::snprintf(g_call, sizeof g_call, "attention(B=%lld H=%lld Nq=%lld Nk=%lld Dk=%lld Dv=%lld "
+                "probs=%d hardswish=%d threads=%d isa=%s)", (long long)B, (long long)H,
+                (long long)nq, (long long)nk, (long long)dk, (long long)dv, probs, hs, nthreads,
+                levit::isa_name(levit::active_isa()));
+  View4 q(B, H, nq, dk), k(B, H, nk, dk), v(B, H, nk, dv);
+  Guarded bias(H * nq * nk);
+  for (int64_t i = 0; i < bias.n; ++i) bias.data()[i] = 2.0f * value();
+  const int64_t out_n = probs ? B * H * nq * nk : B * nq * H * dv;
+  Guarded out(out_n);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dk)));
+  levit::AttnArgs a{q.p(), k.p(), probs ? nullptr : v.p(), bias.data(), B, H, nq, nk, dk,
+                    probs ? 0 : dv, q.sb, q.sh, q.sn, k.sb, k.sh, k.sn, v.sb, v.sh, v.sn,
+                    scale, hs, probs, out.data()};
+  levit::attention(a, nthreads);
+  if (!out.guards_intact()) return fail("wrote outside its output");
+
+  std::vector<double> ref(static_cast<size_t>(out_n));
+  std::vector<double> p(static_cast<size_t>(nk));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < nq; ++i) {
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < nk; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < dk; ++d) s += double(q.at(b, h, i, d)) * k.at(b, h, j, d);
+          p[j] = s * scale + bias.data()[(h * nq + i) * nk + j];
+          mx = std::max(mx, p[j]);
+        }
+        for (int64_t j = 0; j < nk; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        if (probs) {
+          for (int64_t j = 0; j < nk; ++j) ref[((b * H + h) * nq + i) * nk + j] = p[j] / sum;
+          continue;
+        }
+        for (int64_t d = 0; d < dv; ++d) {
+          double o = 0;
+          for (int64_t j = 0; j < nk; ++j) o += p[j] * v.at(b, h, j, d);
+          o /= sum;
+          ref[(b * nq + i) * H * dv + h * dv + d] = hs ? hardswish(o) : o;
+        }
+      }
+  if (!close(g_call, out.data(), ref, [](int64_t i) { return i; })) return fail("wrong values");
+  return true;
+}
+
+// ---------------------------------------------------------------------------- GEMM / MLP
+std::vector<float> packed_of(const std::vector<float>& w, int64_t n, int64_t k, int nthreads) {
+  std::vector<float> packed(static_cast<size_t>(levit::packed_numel(n, k)), kNaN);
+  levit::pack_weight(w.data(), n, k, k, packed.data(), nthreads);
+  return packed;
+}
+
+std::vector<float> random_vec(int64_t n, float amp = 1.0f) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = amp * value();
+  return v;
+}
+
+bool check_pack(int nthreads) {
+  const int64_t n = dim(300), k = dim(300), ldw = k + (coin(0.5) ? 0 : uniform(1, 9));
+  std::snprintf(g_call, sizeof g_call, "pack_weight(n=%lld k=%lld ldw=%lld threads=%d)",
+                (long long)n, (long long)k, (long long)ldw, nthreads);
+  Strided w(n, k, ldw);
+  w.randomize();
+  Guarded packed(levit::packed_numel(n, k));
+  levit::pack_weight(w.p(), n, k, ldw, packed.data(), nthreads);
+  if (!packed.guards_intact()) return fail("wrote outside the packed buffer");
+  const int64_t P = levit::kPanel;
+  for (int64_t p = 0; p * P < n; ++p)
+    for (int64_t kk = 0; kk < k; ++kk)
+      for (int64_t c = 0; c < P; ++c) {
+        const float got = packed.data()[(p * k + kk) * P + c];
+        const float want = p * P + c < n ? w.at(p * P + c, kk) : 0.0f;
+        if (!(got == want)) return fail("wrong packed layout");
+      }
+  return true;
+}
+
+bool check_gemm(int nthreads) {
+  const int64_t m = coin(0.15) ? dim(260) : dim(64), n = coin(0.15) ? dim(300) : dim(80);
+  const int64_t k = coin(0.15) ? dim(600) : dim(64);
+  const bool use_bias = coin(0.5), use_res = coin(0.5), alias = use_res && coin(0.4);
+  const int act = coin(0.5) ? levit::kActHardswish : levit::kActNone;
+  const int64_t ldx = k + (coin(0.5) ? 0 : uniform(1, 9));
+  const int64_t ldo = n + (coin(0.5) ? 0 : uniform(1, 9));
+  const int64_t ldr = alias ? ldo : n + (coin(0.5) ? 0 : uniform(1, 9));
+  std::snprintf(g_call, sizeof g_call, "gemm_packed(m=%lld n=%lld k=%lld ldx=%lld ldr=%lld "
+                "ldo=%lld bias=%d residual=%d alias=%d act=%d threads=%d isa=%s)", (long long)m,
+                (long long)n, (long long)k, (long long)ldx, (long long)ldr, (long long)ldo,
+                use_bias, use_res, alias, act, nthreads, levit::isa_name(levit::active_isa()));
+  Strided x(m, k, ldx);
+  x.randomize();
+  const std::vector<float> w = random_vec(n * k, 1.0f / std::sqrt(float(k)));
+  const std::vector<float> packed = packed_of(w, n, k, nthreads);
+  Guarded bias(n);
+  for (int64_t j = 0; j < n; ++j) bias.data()[j] = value();
+  Strided out(m, n, ldo), res_own(use_res && !alias ? m : 0, n, ldr);
+  Strided& res = alias ? out : res_own;
+  if (use_res) res.randomize();
+  std::vector<double> res_copy(static_cast<size_t>(m * n), 0.0);
+  if (use_res)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) res_copy[i * n + j] = res.at(i, j);
+  levit::gemm_packed(x.p(), m, k, ldx, packed.data(), n, use_bias ? bias.data() : nullptr,
+                     use_res ? res.p() : nullptr, ldr, act, out.p(), ldo, nthreads);
+  if (!out.gaps_intact()) return fail("wrote outside its output (guards or row gaps)");
+  std::vector<double> ref(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = use_bias ? bias.data()[j] : 0.0;
+      for (int64_t kk = 0; kk < k; ++kk) s += double(x.at(i, kk)) * w[j * k + kk];
+      if (act == levit::kActHardswish) s = hardswish(s);
+      ref[i * n + j] = s + res_copy[i * n + j];
+    }
+  if (!close(g_call, out.p(), ref, [&](int64_t i) { return (i / n) * ldo + i % n; }))
+    return fail("wrong values");
+  return true;
+}
+
+bool check_mlp(int nthreads) {
+  const int64_t m = coin(0.15) ? dim(200) : dim(64), c = dim(96), ch = dim(200);
+  const int64_t ldx = c + (coin(0.5) ? 0 : uniform(1, 9));
+  std::snprintf(g_call, sizeof g_call, "mlp_packed(m=%lld c=%lld ch=%lld ldx=%lld threads=%d "
+                "isa=%s)", (long long)m, (long long)c, (long long)ch, (long long)ldx, nthreads,
+                levit::isa_name(levit::active_isa()));
+  Strided x(m, c, ldx);
+  x.randomize();
+  const std::vector<float> w1 = random_vec(ch * c, 1.0f / std::sqrt(float(c)));
+  const std::vector<float> w2 = random_vec(c * ch, 1.0f / std::sqrt(float(ch)));
+  const std::vector<float> b1 = random_vec(ch), b2 = random_vec(c);
+  const std::vector<float> w1p = packed_of(w1, ch, c, nthreads);
+  const std::vector<float> w2p = packed_of(w2, c, ch, nthreads);
+  Guarded out(m * c);
+  levit::mlp_packed(x.p(), m, c, ldx, w1p.data(), b1.data(), ch, w2p.data(), b2.data(),
+                    out.data(), nthreads);
+  if (!out.guards_intact()) return fail("wrote outside its output");
+  std::vector<double> ref(static_cast<size_t>(m * c)), hid(static_cast<size_t>(ch));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t h = 0; h < ch; ++h) {
+      double s = b1[h];
+      for (int64_t j = 0; j < c; ++j) s += double(x.at(i, j)) * w1[h * c + j];
+      hid[h] = hardswish(s);
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      double s = double(x.at(i, j)) + b2[j];
+      for (int64_t h = 0; h < ch; ++h) s += hid[h] * w2[j * ch + h];
+      ref[i * c + j] = s;
+    }
+  }
+  if (!close(g_call, out.data(), ref, [](int64_t i) { return i; })) return fail("wrong values");
+  return true;
+}
+
+int usage(const char* argv0) {
+  std::fprintf(stderr, "usage: %s [--iters N] [--seed S] [--verbose]\n", argv0);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  long long iters = 200;
+  unsigned long long seed = 1;
+  bool verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    char* end = nullptr;
+    if ((arg == "--iters" || arg == "--seed") && i + 1 < argc) {
+      const char* text = argv[++i];
+      errno = 0;
+      const unsigned long long v = std::strtoull(text, &end, 10);
+      if (end == text || *end != '\0' || errno != 0 || text[0] == '-') return usage(argv[0]);
+      if (arg == "--iters") iters = static_cast<long long>(v);
+      else seed = v;
+    } else if (arg == "--verbose") {
+      verbose = true;
+    } else {
+      return usage(argv[0]);
+    }
+  }
+  rng.seed(seed);
+  std::vector<levit::Isa> isas;
+  for (const std::string& name : levit::available_isas()) {
+    levit::Isa isa;
+    if (levit::isa_from_name(name, &isa)) isas.push_back(isa);
+  }
+  long long counts[4] = {0, 0, 0, 0};
+  for (long long it = 0; it < iters; ++it) {
+    // Every ISA path in turn, and both thread counts, so a short run covers each of them.
+    const levit::Isa isa = isas[static_cast<size_t>(it) % isas.size()];
+    if (!levit::set_isa(isa)) {
+      std::fprintf(stderr, "set_isa(%s) refused\n", levit::isa_name(isa));
+      return 1;
+    }
+    const int nthreads = (it / static_cast<long long>(isas.size())) % 2 ? 2 : 1;
+    const int kind = static_cast<int>(uniform(0, 9));
+    bool ok;
+    if (kind < 4) ok = check_attention(nthreads), ++counts[0];
+    else if (kind < 7) ok = check_gemm(nthreads), ++counts[1];
+    else if (kind < 9) ok = check_mlp(nthreads), ++counts[2];
+    else ok = check_pack(nthreads), ++counts[3];
+    if (verbose) std::fprintf(stderr, "[%lld] %s\n", it, g_call);
+    if (!ok) {
+      std::fprintf(stderr, "levit_fuzz: iteration %lld of --seed %llu failed\n", it, seed);
+      return 1;
+    }
+  }
+  std::printf("levit_fuzz: %lld iterations passed (seed %llu; attention %lld, gemm %lld, "
+              "mlp %lld, pack %lld; isas:", iters, seed, counts[0], counts[1], counts[2],
+              counts[3]);
+  for (levit::Isa isa : isas) std::printf(" %s", levit::isa_name(isa));
+  std::printf(")\n");
+  return 0;
+}
