@@ -120,24 +120,29 @@ def test_cpu_op(benchmark, shape, provider):
 
 
 # ---------------------------------------------------------------- table for the README
-def timeit(fn, min_time=0.2, repeats=5):
-    """Best of `repeats` means over >= min_time each (robust to a noisy shared machine)."""
-    fn()
-    n, t = 1, 0.0
+def _calls_for(fn, min_time):
+    """How many calls of fn take at least min_time seconds."""
+    n = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
-        t = time.perf_counter() - t0
-        if t >= min_time / repeats:
-            break
+        if time.perf_counter() - t0 >= min_time:
+            return n
         n *= 2
-    best = t / n
-    for _ in range(repeats - 1):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
+
+
+def best_times(fns, repeats=7, min_time=0.1):
+    """Seconds per call of each fn: the best of `repeats` rounds, the fns interleaved in each
+    round, so a slow spell of a shared machine hits all of them alike instead of one."""
+    counts = [_calls_for(fn, min_time) for fn in fns]
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, (fn, n) in enumerate(zip(fns, counts)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / n)
     return best
 
 
@@ -150,7 +155,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    mm = 2 * 2048 ** 3 / timeit(lambda: torch.mm(a, b), 1.0) / 1e9
+    mm = 2 * 2048 ** 3 / best_times([lambda: torch.mm(a, b)], repeats=5, min_time=0.5)[0] / 1e9
     gcc = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     print(f"machine: {platform.processor() or platform.machine()}, threads={args.threads}, "
           f"torch {torch.__version__}, {gcc}, ISA path {cpu.isa()}, {datetime.date.today()}")
@@ -161,8 +166,10 @@ def main():
         for name, (flops, fns) in all_cases(batch):
             if args.filter not in name:
                 continue
-            t_ref, t_fused = timeit(fns["reference"]), timeit(fns["fused"])
-            unpacked = f"{t_ref / timeit(fns['fused_unpacked']):.2f}×" if "fused_unpacked" in fns else "—"
+            names = [n for n in ("reference", "fused", "fused_unpacked") if n in fns]
+            times = dict(zip(names, best_times([fns[n] for n in names])))
+            t_ref, t_fused = times["reference"], times["fused"]
+            unpacked = f"{t_ref / times['fused_unpacked']:.2f}×" if "fused_unpacked" in times else "—"
             gf = flops / t_fused / 1e9
             print(f"| {name} | {t_ref * 1e3:.3f} | {t_fused * 1e3:.3f} | {t_ref / t_fused:.2f}× | "
                   f"{gf:.1f} | {100 * gf / mm:.0f}% | {unpacked} |", flush=True)

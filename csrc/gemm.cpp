@@ -178,7 +178,12 @@ void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float*
                  int64_t ldo, int nthreads) {
   const GemmKernel kern = select_kernel();
   const int64_t mc = gemm_row_block();
-  const int64_t nbm = (m + mc - 1) / mc, nbn = (n + kNc - 1) / kNc;
+  const int64_t nbm = (m + mc - 1) / mc;
+  // Column blocks of kNc, or narrower (down to one micro-tile) when there would not be a few
+  // tasks per thread: a batch-1 stage-3 layer (16 tokens) is a single row block.
+  int64_t nc = kNc;
+  while (nthreads > 1 && nc > kern.nr && nbm * ((n + nc - 1) / nc) < 4 * nthreads) nc /= 2;
+  const int64_t nbn = (n + nc - 1) / nc;
   // Task order decides what stays in L2 between consecutive tasks of a thread. When the whole
   // packed W fits comfortably (<= kWeightL2 bytes), column blocks vary fastest: a row block
   // of x (mc × K) is read from memory once and W stays in L2. Otherwise row blocks vary
@@ -186,9 +191,9 @@ void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float*
   const bool w_in_l2 = n * k * 4 <= kWeightL2;
   parallel_for(nbm * nbn, nthreads, [&](int64_t t) {
     const int64_t ib = w_in_l2 ? t / nbn : t % nbm, jb = w_in_l2 ? t % nbn : t / nbm;
-    const int64_t i0 = ib * mc, j0 = jb * kNc;
+    const int64_t i0 = ib * mc, j0 = jb * nc;
     gemm_rows(kern, x + i0 * ldx, ldx, std::min(mc, m - i0), k, packed, j0,
-              std::min(kNc, n - j0), bias, residual ? residual + i0 * ldr : nullptr, ldr, act,
+              std::min(nc, n - j0), bias, residual ? residual + i0 * ldr : nullptr, ldr, act,
               out + i0 * ldo, ldo);
   });
 }
@@ -201,9 +206,19 @@ void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* 
   // stays in L2 between the two GEMMs and W1/W2 strips are reused across its rows.
   const int64_t mb = kern.mr * std::max<int64_t>(1, 48 / kern.mr);
   const int64_t nbm = (m + mb - 1) / mb;
+  // The hidden rows get a padded stride so they never alias in L1 (see aliasing_stride).
+  const int64_t ldh = padded_stride(ch);
+  if (nthreads > 1 && nbm < nthreads) {
+    // Too few row blocks to share out (batch 1, 16 or 49 tokens): two GEMMs, each split over
+    // column blocks, through a hidden buffer of all the rows (small, since m is).
+    thread_local std::vector<float> hidden;
+    if (static_cast<int64_t>(hidden.size()) < m * ldh) hidden.resize(m * ldh);
+    gemm_packed(x, m, c, ldx, w1p, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh,
+                nthreads);
+    gemm_packed(hidden.data(), m, ch, ldh, w2p, c, b2, x, ldx, kActNone, out, c, nthreads);
+    return;
+  }
   parallel_for(nbm, nthreads, [&](int64_t ib) {
-    // The hidden rows get a padded stride so they never alias in L1 (see aliasing_stride).
-    const int64_t ldh = padded_stride(ch);
     thread_local std::vector<float> hidden;
     if (static_cast<int64_t>(hidden.size()) < mb * ldh) hidden.resize(mb * ldh);
     const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);

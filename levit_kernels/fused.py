@@ -196,9 +196,7 @@ class FusedPlan:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.dtype)
         if self.device.type == "cpu":    # NHWC: the stem's output is already (B, N, C)
-            # NHWC copy first: the first conv could read the NCHW view in place, but gathering
-            # its 3-channel taps a plane apart costs more than this copy (measured).
-            x = x.permute(0, 2, 3, 1).contiguous()
+            x = x.permute(0, 2, 3, 1)   # a view: the first conv gathers from NCHW in place
         for i, conv in enumerate(self.stem):
             x = conv(x, "hardswish" if i < 3 else "none")
         if self.device.type == "cpu":

@@ -187,6 +187,6 @@ def conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_si
     """act(conv2d + bias) in NHWC, x (B, H, W, Cin) -> (B, Ho, Wo, Cout), square kernel, with
     the weight packed by levit_kernels.cpu.pack_conv_weight (CPU only)."""
     checks.check_activation(activation)
-    checks.check_tensor(x, "x", ndim=4)
+    checks.check_tensor(x, "x", ndim=4, unit_last_stride=False)   # NCHW views are fine
     return torch.ops.levit.conv2d_packed(x, packed_weight, int(out_channels), int(kernel_size),
                                          int(stride), int(padding), bias, activation)
