@@ -208,9 +208,10 @@ void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* 
   const int64_t nbm = (m + mb - 1) / mb;
   // The hidden rows get a padded stride so they never alias in L1 (see aliasing_stride).
   const int64_t ldh = padded_stride(ch);
-  if (nthreads > 1 && nbm < nthreads) {
-    // Too few row blocks to share out (batch 1, 16 or 49 tokens): two GEMMs, each split over
-    // column blocks, through a hidden buffer of all the rows (small, since m is).
+  if (nthreads > 1 && nbm < 4 * nthreads) {
+    // Too few row blocks to share out evenly (batch 1: 196 tokens make 5 blocks, 49 tokens a
+    // full one and a 7-row one): two GEMMs, each split over column blocks, through a hidden
+    // buffer of all the rows (small, since m is).
     thread_local std::vector<float> hidden;
     if (static_cast<int64_t>(hidden.size()) < m * ldh) hidden.resize(m * ldh);
     gemm_packed(x, m, c, ldx, w1p, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh,
