@@ -214,13 +214,15 @@ def _state_slots(model: LeViT):
     """Where every submodule, parameter and buffer lives: (owning dict, name) pairs.
 
     Walking the module tree (model.parameters()) on every forward cost ~1 ms, a tenth of a
-    batch-1 LeViT-128S forward; the slots are found once per plan and then read directly. Reading them
-    afresh still notices a tensor or a submodule put in place of another (model.head = ...,
-    module.weight = ...): a replaced module's identity changes the key."""
+    batch-1 LeViT-128S forward; the slots are found once per plan and then read directly.
+    Reading them afresh still notices a tensor or a submodule put in place of another
+    (model.head = ..., module.weight = ...): a replaced module's identity changes the key.
+    BatchNorm's num_batches_tracked is left out: folding never reads it."""
     tensor_slots, module_slots = [], []
     for module in model.modules():
         tensor_slots += [(module._parameters, name) for name in module._parameters]
-        tensor_slots += [(module._buffers, name) for name in module._buffers]
+        tensor_slots += [(module._buffers, name) for name in module._buffers
+                         if name != "num_batches_tracked"]
         module_slots += [(module._modules, name) for name in module._modules]
     return tensor_slots, module_slots
 
@@ -230,11 +232,15 @@ def _state_key(slots, device, dtype):
     identity, the device and dtype. (Edits through `.data` bypass the version counter: call
     model.refresh_fused() after them.)"""
     tensor_slots, module_slots = slots
-    tensors = (owner[name] for owner, name in tensor_slots)
-    return ((device, dtype) + tuple((t.data_ptr(), t._version) for t in tensors if t is not None)
-            # the modules themselves, not id()s: the key keeps them alive, so a new module
-            # can never reuse a replaced one's address
-            + tuple(owner[name] for owner, name in module_slots))
+    key = [device, dtype]
+    for owner, name in tensor_slots:
+        t = owner[name]
+        if t is not None:
+            key += (t.data_ptr(), t._version)
+    # the modules themselves, not id()s: the key keeps them alive, so a new module can never
+    # reuse a replaced one's address
+    key += [owner[name] for owner, name in module_slots]
+    return tuple(key)
 
 
 def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
