@@ -6,7 +6,8 @@
 //
 // Each iteration draws one call — levit::attention (output or probabilities, Hardswish on or
 // off), levit::gemm_packed (every epilogue, the residual sometimes aliasing the output, as
-// gemm.h allows), levit::mlp_packed or levit::pack_weight — with random sizes biased towards
+// gemm.h allows), levit::mlp_packed, levit::pack_weight or levit::conv2d_packed (NHWC or
+// NCHW-strided input, any kernel/stride/padding) — with random sizes biased towards
 // 1 and micro-tile tails, on a random ISA path (levit::set_isa over every path this CPU has)
 // and 1 or 2 threads. Inputs are strided views into larger buffers whose gaps hold NaN, so a
 // kernel that reads an element it should not use poisons its result; outputs sit between NaN
@@ -313,6 +314,73 @@ bool check_mlp(int nthreads) {
   return true;
 }
 
+// ---------------------------------------------------------------------------- conv (the stem)
+bool check_conv(int nthreads) {
+  const int64_t b = dim(3), h = dim(16), w = dim(16), cin = dim(12), cout = dim(40);
+  const int64_t kh = uniform(1, 4), kw = uniform(1, 4), stride = uniform(1, 3),
+                pad = uniform(0, 2);
+  const int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
+  if (h + 2 * pad < kh || w + 2 * pad < kw || ho < 1 || wo < 1) return true;  // no output
+  const bool use_bias = coin(0.5);
+  const int act = coin(0.5) ? levit::kActHardswish : levit::kActNone;
+  // x (B, H, W, C) read through strides: NHWC with gaps, or NCHW (an image batch in place).
+  int64_t sb, sh, sw, sc;
+  if (coin(0.5)) {
+    sc = 1;
+    sw = cin + (coin(0.5) ? 0 : uniform(1, 3));
+    sh = w * sw + (coin(0.5) ? 0 : uniform(1, 5));
+    sb = h * sh + (coin(0.5) ? 0 : uniform(1, 5));
+  } else {
+    sw = 1;
+    sh = w + (coin(0.5) ? 0 : uniform(1, 3));
+    sc = h * sh + (coin(0.5) ? 0 : uniform(1, 5));
+    sb = cin * sc + (coin(0.5) ? 0 : uniform(1, 5));
+  }
+  std::snprintf(g_call, sizeof g_call, "conv2d_packed(b=%lld h=%lld w=%lld cin=%lld cout=%lld "
+                "k=%lldx%lld stride=%lld pad=%lld strides=(%lld,%lld,%lld,%lld) bias=%d act=%d "
+                "threads=%d isa=%s)", (long long)b, (long long)h, (long long)w, (long long)cin,
+                (long long)cout, (long long)kh, (long long)kw, (long long)stride,
+                (long long)pad, (long long)sb, (long long)sh, (long long)sw, (long long)sc,
+                use_bias, act, nthreads, levit::isa_name(levit::active_isa()));
+  // exactly the span of the view, so ASan sees any read past it
+  std::vector<float> x(static_cast<size_t>((b - 1) * sb + (h - 1) * sh + (w - 1) * sw +
+                                           (cin - 1) * sc + 1), kNaN);
+  auto at = [&](int64_t ib, int64_t iy, int64_t ix, int64_t c) -> float& {
+    return x[static_cast<size_t>(ib * sb + iy * sh + ix * sw + c * sc)];
+  };
+  for (int64_t ib = 0; ib < b; ++ib)
+    for (int64_t iy = 0; iy < h; ++iy)
+      for (int64_t ix = 0; ix < w; ++ix)
+        for (int64_t c = 0; c < cin; ++c) at(ib, iy, ix, c) = value();
+  const int64_t k = kh * kw * cin;  // weight as (cout, kh, kw, cin), the packed order
+  const std::vector<float> wt = random_vec(cout * k, 1.0f / std::sqrt(float(k)));
+  const std::vector<float> packed = packed_of(wt, cout, k, nthreads);
+  const std::vector<float> bias = random_vec(cout);
+  Guarded out(b * ho * wo * cout);
+  levit::ConvArgs a{x.data(), b, h, w, cin, sb, sh, sw, sc, kh, kw, stride, pad, packed.data(),
+                    cout, use_bias ? bias.data() : nullptr, act, out.data()};
+  levit::conv2d_packed(a, nthreads);
+  if (!out.guards_intact()) return fail("wrote outside its output");
+  std::vector<double> ref(static_cast<size_t>(b * ho * wo * cout));
+  for (int64_t ib = 0; ib < b; ++ib)
+    for (int64_t oy = 0; oy < ho; ++oy)
+      for (int64_t ox = 0; ox < wo; ++ox)
+        for (int64_t o = 0; o < cout; ++o) {
+          double s = use_bias ? bias[o] : 0.0;
+          for (int64_t ky = 0; ky < kh; ++ky)
+            for (int64_t kx = 0; kx < kw; ++kx) {
+              const int64_t iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              for (int64_t c = 0; c < cin; ++c)
+                s += double(at(ib, iy, ix, c)) * wt[o * k + (ky * kw + kx) * cin + c];
+            }
+          ref[((ib * ho + oy) * wo + ox) * cout + o] =
+              act == levit::kActHardswish ? hardswish(s) : s;
+        }
+  if (!close(g_call, out.data(), ref, [](int64_t i) { return i; })) return fail("wrong values");
+  return true;
+}
+
 int usage(const char* argv0) {
   std::fprintf(stderr, "usage: %s [--iters N] [--seed S] [--verbose]\n", argv0);
   return 2;
@@ -346,7 +414,7 @@ int main(int argc, char** argv) {
     levit::Isa isa;
     if (levit::isa_from_name(name, &isa)) isas.push_back(isa);
   }
-  long long counts[4] = {0, 0, 0, 0};
+  long long counts[5] = {0, 0, 0, 0, 0};
   for (long long it = 0; it < iters; ++it) {
     // Every ISA path in turn, and both thread counts, so a short run covers each of them.
     const levit::Isa isa = isas[static_cast<size_t>(it) % isas.size()];
@@ -355,12 +423,13 @@ int main(int argc, char** argv) {
       return 1;
     }
     const int nthreads = (it / static_cast<long long>(isas.size())) % 2 ? 2 : 1;
-    const int kind = static_cast<int>(uniform(0, 9));
+    const int kind = static_cast<int>(uniform(0, 10));
     bool ok;
     if (kind < 4) ok = check_attention(nthreads), ++counts[0];
     else if (kind < 7) ok = check_gemm(nthreads), ++counts[1];
     else if (kind < 9) ok = check_mlp(nthreads), ++counts[2];
-    else ok = check_pack(nthreads), ++counts[3];
+    else if (kind < 10) ok = check_pack(nthreads), ++counts[3];
+    else ok = check_conv(nthreads), ++counts[4];
     if (verbose) std::fprintf(stderr, "[%lld] %s\n", it, g_call);
     if (!ok) {
       std::fprintf(stderr, "levit_fuzz: iteration %lld of --seed %llu failed\n", it, seed);
@@ -368,8 +437,8 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("levit_fuzz: %lld iterations passed (seed %llu; attention %lld, gemm %lld, "
-              "mlp %lld, pack %lld; isas:", iters, seed, counts[0], counts[1], counts[2],
-              counts[3]);
+              "mlp %lld, pack %lld, conv %lld; isas:", iters, seed, counts[0], counts[1],
+              counts[2], counts[3], counts[4]);
   for (levit::Isa isa : isas) std::printf(" %s", levit::isa_name(isa));
   std::printf(")\n");
   return 0;
