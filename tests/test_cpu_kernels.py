@@ -19,35 +19,9 @@ import pytest
 import torch
 
 from levit_kernels import cpu, reference as ref
+from levit_testing import CPU_ISAS, assert_close, isa, threads  # noqa: F401  (fixtures)
 
 C = pytest.importorskip("levit_kernels._C")  # test_build.py fails loudly if it is missing
-
-ISAS = cpu.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    old = cpu.isa()
-    cpu.set_isa(request.param)
-    yield request.param
-    cpu.set_isa(old)
-
-
-@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
-def assert_close(out, expected, rel=1e-5):
-    assert out.shape == expected.shape, (out.shape, expected.shape)
-    assert torch.isfinite(out).all()
-    err = (out - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rel * max(scale, 1e-30), f"max err {err:.3e} vs {rel:.0e}·{scale:.3e}"
-
 
 def qkv_views(b, h, n_q, n_k, dk, dv, shrink=False):
     """q, k, v as permuted slices of packed projections, like LeViT's forward pass."""
@@ -168,7 +142,7 @@ def test_packed_weight_is_isa_independent():
     packed = cpu.pack_weight(w)
     old = cpu.isa()
     try:
-        for name in ISAS:
+        for name in CPU_ISAS:
             cpu.set_isa(name)
             assert torch.equal(cpu.pack_weight(w), packed)
             assert_close(cpu.linear_packed(x, packed, 50), ref.linear(x, w))
