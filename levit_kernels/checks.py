@@ -152,6 +152,14 @@ def check_activation(activation) -> None:
         _fail(ValueError, "activation", f"expected one of {ACTIVATIONS}, got {activation!r}")
 
 
+def check_bias(bias, n_out: int) -> None:
+    """An optional per-output bias: None or an (N,) vector."""
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        if bias.shape[0] != n_out:
+            _fail(ValueError, "bias", f"expected shape ({n_out},), got {tuple(bias.shape)}")
+
+
 def check_linear(x, weight, bias, residual, activation, *, out_features: Optional[int] = None,
                  device_dtypes: bool = True) -> Tuple[int, int]:
     """x (..., K), weight (N, K) (or a packed weight, named packed_weight, when out_features
@@ -172,10 +180,7 @@ def check_linear(x, weight, bias, residual, activation, *, out_features: Optiona
                                    f"shape {tuple(x.shape)}")
         check_packed(weight, "packed_weight", out_features, k_in)
         n_out = out_features
-    if bias is not None:
-        check_tensor(bias, "bias", ndim=1)
-        if bias.shape[0] != n_out:
-            _fail(ValueError, "bias", f"expected shape ({n_out},), got {tuple(bias.shape)}")
+    check_bias(bias, n_out)
     if residual is not None:
         check_tensor(residual, "residual", min_ndim=1)
         expected = tuple(x.shape[:-1]) + (n_out,)

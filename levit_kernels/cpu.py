@@ -35,7 +35,7 @@ __all__ = [
     "is_available", "isa", "set_isa", "available_isas",
 ]
 
-PANEL = 16
+PANEL = checks.PANEL  # packed panel width (csrc/gemm.h kPanel)
 _ACTS = {"none": 0, "hardswish": 1}
 
 
@@ -76,9 +76,8 @@ def set_isa(name: str) -> None:
 
 
 # ---------------------------------------------------------------- validation helpers
-def _cpu(*named) -> None:
-    """The checked tensors (all on one device already) must be float32 CPU tensors."""
-    name, t = named[0]
+def _cpu(t, name: str) -> None:
+    """After check_same (all tensors on t's device, in a dtype allowed there): on the CPU."""
     if t.device.type != "cpu":
         raise ValueError(f"{name}: expected a CPU tensor, got device {t.device}")
 
@@ -96,7 +95,7 @@ def _float32_cpu(t, name: str, **dims) -> None:
     """check_tensor plus float32 on the CPU, for tensors that are checked alone."""
     checks.check_tensor(t, name, **dims)
     checks.check_same([(name, t)])
-    _cpu((name, t))
+    _cpu(t, name)
 
 
 def _any_strides(t, name: str):
@@ -111,7 +110,7 @@ def _any_strides(t, name: str):
 # ---------------------------------------------------------------- attention
 def _attention(q, k, v, bias, scale, hardswish: bool, probs: bool) -> torch.Tensor:
     batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias, probs=probs)
-    _cpu(("q", q))
+    _cpu(q, "q")
     scale = checks.check_scale(scale)
     if batch * heads * n_q * n_k * d_k * (1 if probs else d_v) == 0:
         if probs:
@@ -177,7 +176,7 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, out_features: int,
                   activation: str = "none") -> torch.Tensor:
     """act(x·Wᵀ + bias) + residual with W pre-packed by `pack_weight`."""
     checks.check_linear(x, packed, bias, residual, activation, out_features=out_features)
-    _cpu(("x", x))
+    _cpu(x, "x")
     return _gemm(x.contiguous(), packed, out_features, None if bias is None else bias.contiguous(),
                  None if residual is None else residual.contiguous(), _act(activation))
 
@@ -189,21 +188,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     x, weight, bias, residual = (_any_strides(t, name) for t, name in (
         (x, "x"), (weight, "weight"), (bias, "bias"), (residual, "residual")))
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation)
-    _cpu(("x", x))
+    _cpu(x, "x")
     if x.numel() == 0 or k_in == 0 or n_out == 0:
         return reference.linear(x, weight, bias, residual, activation).contiguous()
     return linear_packed(x, pack_weight(weight), n_out, bias, residual, activation)
 
 
-def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
-               w2_packed: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """x + hardswish(x·W1ᵀ + b1)·W2ᵀ + b2 with packed W1 (Ch, C) and W2 (C, Ch).
-
-    The hidden sizes come from b1 (Ch,) and b2 (C,).
-    """
-    channels, hidden = checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
-    _cpu(("x", x))
-    x, b1, b2 = x.contiguous(), b1.contiguous(), b2.contiguous()
+def _mlp(x, w1_packed, b1, w2_packed, b2) -> torch.Tensor:
+    """The launch, on checked arguments: x, b1, b2 contiguous; sizes from b1 and b2."""
+    channels, hidden = b2.shape[0], b1.shape[0]
     out = x.new_empty(x.shape)
     m = x.numel() // channels
     if m:
@@ -213,12 +206,23 @@ def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
     return out
 
 
+def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
+               w2_packed: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """x + hardswish(x·W1ᵀ + b1)·W2ᵀ + b2 with packed W1 (Ch, C) and W2 (C, Ch).
+
+    The hidden sizes come from b1 (Ch,) and b2 (C,).
+    """
+    checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
+    _cpu(x, "x")
+    return _mlp(x.contiguous(), w1_packed, b1.contiguous(), w2_packed, b2.contiguous())
+
+
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor) -> torch.Tensor:
     """LeViT's residual MLP x + hardswish(x·w1ᵀ + b1)·w2ᵀ + b2 in one call."""
     x = _any_strides(x, "x")
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2)
-    _cpu(("x", x))
+    _cpu(x, "x")
     if x.numel() == 0 or channels == 0 or hidden == 0:
         return reference.mlp(x, w1, b1, w2, b2).contiguous()
     return mlp_packed(x, pack_weight(w1), b1, pack_weight(w2), b2)
@@ -263,12 +267,9 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
         raise ValueError(f"x: NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
                          f"padding {padding}")
     checks.check_packed(packed, "packed", out_channels, kh * kw * cin)
-    if bias is not None:
-        checks.check_tensor(bias, "bias", ndim=1)
-        if bias.shape[0] != out_channels:
-            raise ValueError(f"bias: expected shape ({out_channels},), got {tuple(bias.shape)}")
+    checks.check_bias(bias, out_channels)
     checks.check_same([("x", x), ("packed", packed), ("bias", bias)])
-    _cpu(("x", x))
+    _cpu(x, "x")
     checks.check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")
     out = torch.empty((batch, ho, wo, out_channels), dtype=torch.float32)
     if out.numel() == 0:
@@ -297,11 +298,9 @@ class PackedLinear:
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
         self.packed = pack_weight(weight)
         self.out_features, self.in_features = weight.shape
+        checks.check_bias(bias, self.out_features)
         if bias is not None:
-            _float32_cpu(bias, "bias", ndim=1)
-            if bias.shape[0] != self.out_features:
-                raise ValueError(f"bias: expected shape ({self.out_features},), got "
-                                 f"{tuple(bias.shape)}")
+            checks.check_same([("weight", weight), ("bias", bias)])
             bias = bias.contiguous()
         self.bias = bias
 
@@ -319,19 +318,13 @@ class PackedMlp:
     """x + hardswish(x·W1ᵀ + b1)·W2ᵀ + b2 with W1 (Ch, C) and W2 (C, Ch) packed once."""
 
     def __init__(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor):
-        channels, _ = checks.check_mlp(torch.empty(0, w1.shape[-1]) if isinstance(
-            w1, torch.Tensor) and w1.dim() == 2 else w1, w1, b1, w2, b2)
+        # check_mlp takes C from x: an empty x of w1's width stands for the inputs to come.
+        checks.check_tensor(w1, "w1", ndim=2)
+        self.channels, _ = checks.check_mlp(w1.new_empty((0, w1.shape[1])), w1, b1, w2, b2)
         self.fc1, self.fc2 = PackedLinear(w1, b1), PackedLinear(w2, b2)
-        self.channels = channels
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, fc2 = self.fc1, self.fc2
         if not _ready(x, self.channels):
-            return mlp_packed(x, self.fc1.packed, self.fc1.bias, self.fc2.packed, self.fc2.bias)
-        out = x.new_empty(x.shape)
-        m = x.numel() // self.channels
-        if m:
-            _lib().mlp_packed(x.data_ptr(), m, self.channels, self.channels,
-                              self.fc1.packed.data_ptr(), self.fc1.bias.data_ptr(),
-                              self.fc1.out_features, self.fc2.packed.data_ptr(),
-                              self.fc2.bias.data_ptr(), out.data_ptr(), _threads())
-        return out
+            return mlp_packed(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
+        return _mlp(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
