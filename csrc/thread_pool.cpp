@@ -102,9 +102,7 @@ class Pool {
       if (gen == seen) {
         std::unique_lock<std::mutex> lk(mutex_);
         cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        gen = generation_.load(std::memory_order_acquire);
       }
-      (void)gen;
       const std::function<void(int64_t)>* fn;
       int64_t ntasks;
       {
