@@ -15,6 +15,7 @@ depend on the ISA path, so a packed weight stays valid after `set_isa`), and
 """
 from __future__ import annotations
 
+import threading
 from typing import List, Optional
 
 import torch
@@ -31,7 +32,8 @@ else:
 
 __all__ = [
     "attention", "attention_probs", "linear", "mlp", "pack_weight", "linear_packed", "mlp_packed",
-    "pack_conv_weight", "conv2d_packed",
+    "pack_conv_weight", "conv2d_packed", "PackedLinear", "PackedMlp", "PackedConv",
+    "ForwardProgram",
     "is_available", "isa", "set_isa", "available_isas",
 ]
 
@@ -328,3 +330,128 @@ class PackedMlp:
         if not _ready(x, self.channels):
             return mlp_packed(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
         return _mlp(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
+
+
+class PackedConv:
+    """act(conv2d(x, W, bias, stride, padding)) in NHWC with W packed once (see
+    `conv2d_packed`, which every call goes through: the stem makes four calls per forward)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
+                 padding: int):
+        _float32_cpu(weight, "weight", ndim=4, unit_last_stride=False)
+        self.out_channels, self.in_channels, kh, kw = weight.shape
+        if kh != kw:
+            raise ValueError(f"weight: expected a square kernel, got shape {tuple(weight.shape)}")
+        self.kernel_size, self.stride, self.padding = kh, stride, padding
+        self.packed = pack_conv_weight(weight)
+        checks.check_bias(bias, self.out_channels)
+        self.bias = None if bias is None else bias.contiguous()
+
+    def __call__(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+        return conv2d_packed(x, self.packed, self.out_channels, self.kernel_size, self.stride,
+                             self.padding, self.bias, activation)
+
+
+def _address(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class ForwardProgram:
+    """A whole fused LeViT forward as one C++ call (csrc/forward.h): the stem, every attention
+    and MLP layer, the mean over tokens and the classifier, with activations in one workspace.
+    At batch 1 this saves the ~0.8 ms that ~50 separate launches from Python cost.
+
+    Built from prepared layers (PackedConv, PackedLinear, PackedMlp: weights already packed
+    and checked) in forward order; each `add_*` checks that the layer fits the ones before it.
+    The program holds the layers, so the weights it points at live as long as it does."""
+
+    def __init__(self, in_channels: int, height: int, width: int):
+        self._program = _lib().Program(in_channels, height, width)
+        self.in_channels, self.height, self.width = in_channels, height, width
+        self._layers: list = []   # keeps every tensor the program has an address of alive
+        # The workspace is kept between calls: allocated afresh, its tens of MB come back from
+        # the OS as new pages and every forward pays their page faults (~10% at batch 16).
+        # A call that finds it in use (another Python thread) allocates its own.
+        self._workspace = torch.empty(0, dtype=torch.float32)
+        self._workspace_lock = threading.Lock()
+
+    @property
+    def output_features(self) -> int:
+        return self._program.output_features
+
+    def add_conv(self, conv: PackedConv, activation: str) -> None:
+        self._program.add_conv(conv.packed.data_ptr(), _address(conv.bias), conv.in_channels,
+                               conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                               _act(activation))
+        self._layers.append(conv)
+
+    def add_attention(self, qkv: PackedLinear, proj: PackedLinear, bias: torch.Tensor,
+                      heads: int, key_dim: int, val_dim: int, scale: float,
+                      q: Optional[PackedLinear] = None, subsample: int = 1) -> None:
+        """Self-attention (qkv: heads × [q | k | v], residual) or, with q and subsample > 1,
+        shrinking attention (qkv is the kv projection: heads × [k | v])."""
+        p, shrinking = self._program, subsample > 1
+        rows, cols, channels = p.rows, p.cols, p.channels
+        n_k = rows * cols
+        n_q = ((rows - 1) // subsample + 1) * ((cols - 1) // subsample + 1)
+        expected = [("qkv", qkv.in_features, channels),
+                    ("qkv", qkv.out_features, heads * ((1 if shrinking else 2) * key_dim + val_dim)),
+                    ("proj", proj.in_features, heads * val_dim)]
+        if shrinking:
+            if q is None:
+                raise ValueError("q: shrinking attention (subsample > 1) needs the q projection")
+            expected += [("q", q.in_features, channels), ("q", q.out_features, heads * key_dim)]
+        for name, got, want in expected:
+            if got != want:
+                raise ValueError(f"{name}: expected {want} features here, got {got}")
+        _float32_cpu(bias, "bias", ndim=3)
+        if tuple(bias.shape) != (heads, n_q, n_k):
+            raise ValueError(f"bias: expected shape (H={heads}, Nq={n_q}, Nk={n_k}) for the "
+                             f"{rows}x{cols} token grid, got {tuple(bias.shape)}")
+        bias = bias.contiguous()
+        p.add_attention(channels, proj.out_features, heads, key_dim, val_dim, subsample,
+                        checks.check_scale(scale), bias.data_ptr(), qkv.packed.data_ptr(),
+                        _address(qkv.bias), 0 if q is None else q.packed.data_ptr(),
+                        _address(None if q is None else q.bias), proj.packed.data_ptr(),
+                        _address(proj.bias))
+        self._layers.append((qkv, proj, bias, q))
+
+    def add_mlp(self, mlp: PackedMlp) -> None:
+        fc1, fc2 = mlp.fc1, mlp.fc2
+        self._program.add_mlp(mlp.channels, fc1.out_features, fc1.packed.data_ptr(),
+                              fc1.bias.data_ptr(), fc2.packed.data_ptr(), fc2.bias.data_ptr())
+        self._layers.append(mlp)
+
+    def set_head(self, head: PackedLinear) -> None:
+        if head.in_features != self._program.channels:
+            raise ValueError(f"head: expected {self._program.channels} input features, got "
+                             f"{head.in_features}")
+        self._program.set_head(head.packed.data_ptr(), _address(head.bias), head.out_features)
+        self._layers.append(head)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32 CPU images of any strides -> (B, output_features)."""
+        _float32_cpu(images, "images", ndim=4, unit_last_stride=False)
+        expected = (self.in_channels, self.height, self.width)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images: expected shape (B, {', '.join(map(str, expected))}), "
+                             f"got {tuple(images.shape)}")
+        batch = images.shape[0]
+        out = torch.empty((batch, self.output_features), dtype=torch.float32)
+        if batch == 0:
+            return out
+        floats = self._program.workspace_floats(batch)   # bounded: batches run in chunks
+        if not self._workspace_lock.acquire(blocking=False):
+            self._run(images, torch.empty(floats, dtype=torch.float32), out)
+            return out
+        try:
+            if self._workspace.numel() < floats:
+                self._workspace = torch.empty(floats, dtype=torch.float32)
+            self._run(images, self._workspace, out)
+        finally:
+            self._workspace_lock.release()
+        return out
+
+    def _run(self, images, workspace, out) -> None:
+        self._program.run(images.data_ptr(), images.shape[0], *images.stride(),
+                          workspace.data_ptr(), out.data_ptr(), _threads())

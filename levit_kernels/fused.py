@@ -102,10 +102,11 @@ class FusedConv:
         self.out_channels, self.kernel_size = weight.shape[0], weight.shape[-1]
         self.weight = weight.to(device=device, dtype=dtype).contiguous()
         self.bias = bias.to(device=device, dtype=dtype).contiguous()
-        self.packed = None
+        self.cpu_layer, self.packed = None, None
         if device.type == "cpu":
             from . import cpu
-            self.packed = cpu.pack_conv_weight(self.weight)
+            self.cpu_layer = cpu.PackedConv(self.weight, self.bias, self.stride, self.padding)
+            self.packed = self.cpu_layer.packed
 
     def __call__(self, x, activation):
         if self.packed is not None:
@@ -193,9 +194,12 @@ class FusedPlan:
                 weight_d, bias_d = fold_norm_linear(model.head_dist)
                 weight, bias = (weight + weight_d) / 2, (bias + bias_d) / 2
             self.head = FusedLinear(weight, bias, device, dtype)
+        self.program = _cpu_program(self, model) if device.type == "cpu" else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.dtype)
+        if self.program is not None and not torch.compiler.is_compiling():
+            return self.program(x)     # the layers below, as one C++ call
         if self.device.type == "cpu":    # NHWC: the stem's output is already (B, N, C)
             x = x.permute(0, 2, 3, 1)   # a view: the first conv gathers from NCHW in place
         for i, conv in enumerate(self.stem):
@@ -208,6 +212,28 @@ class FusedPlan:
             x = layer(x)
         x = x.mean(dim=1)
         return self.head(x) if self.head is not None else x
+
+
+def _cpu_program(plan: FusedPlan, model: LeViT):
+    """The plan's CPU layers as one cpu.ForwardProgram (eager forwards; torch.compile traces
+    the layers one by one instead)."""
+    from . import cpu
+    program = cpu.ForwardProgram(model.stem.conv1.linear.in_channels, *model.img_size)
+    for i, conv in enumerate(plan.stem):
+        program.add_conv(conv.cpu_layer, "hardswish" if i < 3 else "none")
+    for layer in plan.layers:
+        if isinstance(layer, FusedMlp):
+            program.add_mlp(layer.cpu_layer)
+        elif layer.shrinking:
+            program.add_attention(layer.kv.cpu_layer, layer.proj.cpu_layer, layer.bias,
+                                  layer.heads, layer.key_dim, layer.val_dim, layer.scale,
+                                  q=layer.q.cpu_layer, subsample=layer.stride)
+        else:
+            program.add_attention(layer.qkv.cpu_layer, layer.proj.cpu_layer, layer.bias,
+                                  layer.heads, layer.key_dim, layer.val_dim, layer.scale)
+    if plan.head is not None:
+        program.set_head(plan.head.cpu_layer)
+    return program
 
 
 def _state_slots(model: LeViT):

@@ -321,6 +321,13 @@ class LeViT(nn.Module):
         e.g. `p.data.mul_(...)`); everything else rebuilds it by itself."""
         self._refresh_fused()
 
+    def __getstate__(self):
+        # The plan is derived state, and its C++ forward program cannot be pickled: a copy
+        # (copy.deepcopy, torch.save of the whole model) builds its own on first use.
+        state = self.__dict__.copy()
+        state["_fused_cache"] = None
+        return state
+
     def _refresh_fused(self):
         self._fused_cache = None
         if self.fused and not self.training:

@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "cpu_features.h"
+#include "forward.h"
 #include "gemm.h"
 
 namespace py = pybind11;
@@ -112,4 +113,66 @@ PYBIND11_MODULE(_C, m) {
       release(), py::arg("x"), py::arg("m"), py::arg("c"), py::arg("ldx"), py::arg("w1p"),
       py::arg("b1"), py::arg("ch"), py::arg("w2p"), py::arg("b2"), py::arg("out"),
       py::arg("nthreads"));
+
+  // A whole fused forward in one call (forward.h). Layers are added as keyword arguments;
+  // the weights' addresses must stay valid for the Program's life (FusedPlan keeps them).
+  py::class_<levit::Program>(m, "Program")
+      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("in_channels"), py::arg("height"),
+           py::arg("width"))
+      .def(
+          "add_conv",
+          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t cin,
+             int64_t cout, int64_t kernel, int64_t stride, int64_t pad, int act) {
+            p.add_conv({ptr<const float>(packed), ptr<const float>(bias), cin, cout, kernel,
+                        stride, pad, act});
+          },
+          py::arg("packed"), py::arg("bias"), py::arg("cin"), py::arg("cout"), py::arg("kernel"),
+          py::arg("stride"), py::arg("pad"), py::arg("act"))
+      .def(
+          "add_attention",
+          [](levit::Program& p, int64_t channels, int64_t out_channels, int64_t heads, int64_t dk,
+             int64_t dv, int64_t subsample, float scale, std::uintptr_t bias,
+             std::uintptr_t qkv_packed, std::uintptr_t qkv_bias, std::uintptr_t q_packed,
+             std::uintptr_t q_bias, std::uintptr_t proj_packed, std::uintptr_t proj_bias) {
+            p.add_attention({channels, out_channels, heads, dk, dv, subsample, scale,
+                             ptr<const float>(bias), ptr<const float>(qkv_packed),
+                             ptr<const float>(qkv_bias), ptr<const float>(q_packed),
+                             ptr<const float>(q_bias), ptr<const float>(proj_packed),
+                             ptr<const float>(proj_bias)});
+          },
+          py::arg("channels"), py::arg("out_channels"), py::arg("heads"), py::arg("dk"),
+          py::arg("dv"), py::arg("subsample"), py::arg("scale"), py::arg("bias"),
+          py::arg("qkv_packed"), py::arg("qkv_bias"), py::arg("q_packed"), py::arg("q_bias"),
+          py::arg("proj_packed"), py::arg("proj_bias"))
+      .def(
+          "add_mlp",
+          [](levit::Program& p, int64_t channels, int64_t hidden, std::uintptr_t w1_packed,
+             std::uintptr_t b1, std::uintptr_t w2_packed, std::uintptr_t b2) {
+            p.add_mlp({channels, hidden, ptr<const float>(w1_packed), ptr<const float>(b1),
+                       ptr<const float>(w2_packed), ptr<const float>(b2)});
+          },
+          py::arg("channels"), py::arg("hidden"), py::arg("w1_packed"), py::arg("b1"),
+          py::arg("w2_packed"), py::arg("b2"))
+      .def(
+          "set_head",
+          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t classes) {
+            p.set_head(ptr<const float>(packed), ptr<const float>(bias), classes);
+          },
+          py::arg("packed"), py::arg("bias"), py::arg("classes"))
+      .def_property_readonly("rows", &levit::Program::rows)
+      .def_property_readonly("cols", &levit::Program::cols)
+      .def_property_readonly("channels", &levit::Program::channels)
+      .def_property_readonly("output_features", &levit::Program::output_features)
+      .def("workspace_floats", &levit::Program::workspace_floats, py::arg("batch"))
+      .def(
+          "run",
+          [](const levit::Program& p, std::uintptr_t images, int64_t batch, int64_t sb,
+             int64_t sc, int64_t sh, int64_t sw, std::uintptr_t workspace, std::uintptr_t out,
+             int nthreads) {
+            p.run(ptr<const float>(images), batch, sb, sc, sh, sw, ptr<float>(workspace),
+                  ptr<float>(out), nthreads);
+          },
+          release(), py::arg("images"), py::arg("batch"), py::arg("sb"), py::arg("sc"),
+          py::arg("sh"), py::arg("sw"), py::arg("workspace"), py::arg("out"),
+          py::arg("nthreads"));
 }

@@ -191,3 +191,14 @@ def test_edits_through_data_need_refresh_fused():
         _edit_through_data(fused)
         fused.refresh_fused()
         assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
+def test_pickled_model_builds_its_own_plan(tmp_path):
+    """torch.save of the whole model (not just its state dict) drops the derived plan."""
+    plain, fused = pair()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        fused(images)
+        torch.save(fused, tmp_path / "model.pt")
+        loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+        assert rel_err(loaded(images), plain(images)) <= 1e-5

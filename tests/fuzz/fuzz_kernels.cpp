@@ -7,7 +7,9 @@
 // Each iteration draws one call — levit::attention (output or probabilities, Hardswish on or
 // off), levit::gemm_packed (every epilogue, the residual sometimes aliasing the output, as
 // gemm.h allows), levit::mlp_packed, levit::pack_weight or levit::conv2d_packed (NHWC or
-// NCHW-strided input, any kernel/stride/padding) — with random sizes biased towards
+// NCHW-strided input, any kernel/stride/padding) or a whole levit::Program (a random stem,
+// self- and shrinking attention, MLPs and a head, run in one call and compared with the same
+// layers called one kernel at a time) — with random sizes biased towards
 // 1 and micro-tile tails, on a random ISA path (levit::set_isa over every path this CPU has)
 // and 1 or 2 threads. Inputs are strided views into larger buffers whose gaps hold NaN, so a
 // kernel that reads an element it should not use poisons its result; outputs sit between NaN
@@ -26,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <random>
 #include <string>
@@ -33,6 +36,7 @@
 
 #include "attention.h"
 #include "cpu_features.h"
+#include "forward.h"
 #include "gemm.h"
 
 namespace {
@@ -381,6 +385,160 @@ bool check_conv(int nthreads) {
   return true;
 }
 
+// ---------------------------------------------------------------------------- whole forward
+// A random Program against the same layers called one kernel at a time (each of those is
+// checked against a naive reference above): this checks the program's plumbing — workspace
+// regions, token grids, q/k/v strides, subsampling, chunks of 16 images — with the
+// workspace and the output between NaN guards.
+struct Tokens {  // the one-kernel-at-a-time state: (B, rows, cols, c) contiguous
+  std::vector<float> x;
+  int64_t rows, cols, c;
+};
+
+bool check_program(int nthreads) {
+  const int64_t batch = coin(0.1) ? uniform(15, 18) : dim(3);
+  const int64_t cin = uniform(1, 4), h = uniform(1, 20), w = uniform(1, 20);
+  std::deque<std::vector<float>> keep;  // weights the program points at
+  auto kept = [&](std::vector<float> v) {
+    keep.push_back(std::move(v));
+    return keep.back().data();
+  };
+  auto weight = [&](int64_t n, int64_t k) {  // packed (n, k) weight
+    return kept(packed_of(random_vec(n * k, 1.0f / std::sqrt(float(k))), n, k, nthreads));
+  };
+  std::string desc;
+  char part[96];
+  levit::Program program(cin, h, w);
+  const std::vector<float> images = random_vec(batch * cin * h * w);
+  Tokens t{{}, h, w, cin};
+
+  const int nconv = static_cast<int>(uniform(1, 2));
+  for (int i = 0; i < nconv; ++i) {
+    const int64_t kernel = uniform(1, 3), stride = uniform(1, 2);
+    const int64_t pad = uniform(kernel > 1 ? 1 : 0, 1), cout = dim(24);
+    const int act = coin(0.5) ? levit::kActHardswish : levit::kActNone;
+    const float* packed = weight(cout, kernel * kernel * t.c);
+    const float* bias = kept(random_vec(cout));
+    program.add_conv({packed, bias, t.c, cout, kernel, stride, pad, act});
+    const int64_t ho = (t.rows + 2 * pad - kernel) / stride + 1;
+    const int64_t wo = (t.cols + 2 * pad - kernel) / stride + 1;
+    std::vector<float> y(static_cast<size_t>(batch * ho * wo * cout));
+    const bool first = i == 0;  // the images, NCHW, read through their strides
+    const float* src = first ? images.data() : t.x.data();
+    levit::ConvArgs a{src, batch, t.rows, t.cols, t.c,
+                      first ? t.c * t.rows * t.cols : t.rows * t.cols * t.c,
+                      first ? t.cols : t.cols * t.c, first ? 1 : t.c, first ? t.rows * t.cols : 1,
+                      kernel, kernel, stride, pad, packed, cout, bias, act, y.data()};
+    levit::conv2d_packed(a, nthreads);
+    t = Tokens{std::move(y), ho, wo, cout};
+    std::snprintf(part, sizeof part, " conv(k%lld s%lld p%lld ->%lld)", (long long)kernel,
+                  (long long)stride, (long long)pad, (long long)cout);
+    desc += part;
+  }
+
+  const int nlayers = static_cast<int>(uniform(0, 4));
+  for (int i = 0; i < nlayers; ++i) {
+    const int64_t n = t.rows * t.cols, m = batch * n;
+    const int kind = static_cast<int>(uniform(0, 2));
+    if (kind == 0) {  // MLP
+      const int64_t ch = dim(40);
+      const float *w1 = weight(ch, t.c), *b1 = kept(random_vec(ch));
+      const float *w2 = weight(t.c, ch), *b2 = kept(random_vec(t.c));
+      program.add_mlp({t.c, ch, w1, b1, w2, b2});
+      std::vector<float> y(t.x.size());
+      levit::mlp_packed(t.x.data(), m, t.c, t.c, w1, b1, ch, w2, b2, y.data(), nthreads);
+      t.x = std::move(y);
+      std::snprintf(part, sizeof part, " mlp(%lld)", (long long)ch);
+      desc += part;
+      continue;
+    }
+    const int64_t heads = uniform(1, 3), dk = dim(8), dv = dim(8);
+    const int64_t s = kind == 1 ? 1 : uniform(2, 3);
+    const int64_t rows = (t.rows - 1) / s + 1, cols = (t.cols - 1) / s + 1, nq = rows * cols;
+    const int64_t out_c = s == 1 ? t.c : dim(24);
+    const int64_t width = heads * ((s == 1 ? 2 : 1) * dk + dv);
+    const float *qkv_w = weight(width, t.c), *qkv_b = kept(random_vec(width));
+    const float *q_w = s == 1 ? nullptr : weight(heads * dk, t.c);
+    const float *q_b = s == 1 ? nullptr : kept(random_vec(heads * dk));
+    const float *proj_w = weight(out_c, heads * dv), *proj_b = kept(random_vec(out_c));
+    const float* table = kept(random_vec(heads * nq * n));
+    const float scale = 0.5f;
+    program.add_attention({t.c, out_c, heads, dk, dv, s, scale, table, qkv_w, qkv_b, q_w, q_b,
+                           proj_w, proj_b});
+    std::vector<float> qkv(static_cast<size_t>(m * width));
+    levit::gemm_packed(t.x.data(), m, t.c, t.c, qkv_w, width, qkv_b, nullptr, 0,
+                       levit::kActNone, qkv.data(), width, nthreads);
+    const int64_t per_head = width / heads;
+    levit::AttnArgs a{};
+    a.batch = batch, a.heads = heads, a.nq = nq, a.nk = n, a.dk = dk, a.dv = dv;
+    a.bias = table, a.scale = scale, a.hardswish = true, a.probs = false;
+    a.k = qkv.data() + (s == 1 ? dk : 0), a.v = a.k + dk;
+    a.k_sb = a.v_sb = n * width, a.k_sh = a.v_sh = per_head, a.k_sn = a.v_sn = width;
+    std::vector<float> q;
+    if (s == 1) {
+      a.q = qkv.data(), a.q_sb = n * width, a.q_sh = per_head, a.q_sn = width;
+    } else {
+      std::vector<float> sub;
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t r = 0; r < t.rows; r += s)
+          for (int64_t col = 0; col < t.cols; col += s) {
+            const float* src = t.x.data() + ((b * t.rows + r) * t.cols + col) * t.c;
+            sub.insert(sub.end(), src, src + t.c);
+          }
+      q.resize(static_cast<size_t>(batch * nq * heads * dk));
+      levit::gemm_packed(sub.data(), batch * nq, t.c, t.c, q_w, heads * dk, q_b, nullptr, 0,
+                         levit::kActNone, q.data(), heads * dk, nthreads);
+      a.q = q.data(), a.q_sb = nq * heads * dk, a.q_sh = dk, a.q_sn = heads * dk;
+    }
+    std::vector<float> attn(static_cast<size_t>(batch * nq * heads * dv));
+    a.out = attn.data();
+    levit::attention(a, nthreads);
+    std::vector<float> y(static_cast<size_t>(batch * nq * out_c));
+    levit::gemm_packed(attn.data(), batch * nq, heads * dv, heads * dv, proj_w, out_c, proj_b,
+                       s == 1 ? t.x.data() : nullptr, t.c, levit::kActNone, y.data(), out_c,
+                       nthreads);
+    t = Tokens{std::move(y), rows, cols, out_c};
+    std::snprintf(part, sizeof part, " attention(h%lld dk%lld dv%lld s%lld ->%lld)",
+                  (long long)heads, (long long)dk, (long long)dv, (long long)s,
+                  (long long)out_c);
+    desc += part;
+  }
+
+  // the mean token, then the head if there is one
+  const int64_t n = t.rows * t.cols;
+  std::vector<double> mean(static_cast<size_t>(batch * t.c), 0.0);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < t.c; ++j) mean[b * t.c + j] += t.x[(b * n + i) * t.c + j] / double(n);
+  std::vector<double> ref = mean;
+  if (coin(0.7)) {
+    const int64_t classes = dim(20);
+    const std::vector<float> hw = random_vec(classes * t.c, 1.0f / std::sqrt(float(t.c)));
+    const float* hb = kept(random_vec(classes));
+    program.set_head(kept(packed_of(hw, classes, t.c, nthreads)), hb, classes);
+    ref.assign(static_cast<size_t>(batch * classes), 0.0);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t o = 0; o < classes; ++o) {
+        double acc = hb[o];
+        for (int64_t j = 0; j < t.c; ++j) acc += mean[b * t.c + j] * hw[o * t.c + j];
+        ref[b * classes + o] = acc;
+      }
+    std::snprintf(part, sizeof part, " head(%lld)", (long long)classes);
+    desc += part;
+  }
+  std::snprintf(g_call, sizeof g_call, "Program(b=%lld c=%lld %lldx%lld:%s threads=%d isa=%s)",
+                (long long)batch, (long long)cin, (long long)h, (long long)w, desc.c_str(),
+                nthreads, levit::isa_name(levit::active_isa()));
+  Guarded workspace(program.workspace_floats(batch));
+  Guarded out(batch * program.output_features());
+  program.run(images.data(), batch, cin * h * w, h * w, w, 1, workspace.data(), out.data(),
+              nthreads);
+  if (!workspace.guards_intact()) return fail("wrote outside its workspace");
+  if (!out.guards_intact()) return fail("wrote outside its output");
+  if (!close(g_call, out.data(), ref, [](int64_t i) { return i; })) return fail("wrong values");
+  return true;
+}
+
 int usage(const char* argv0) {
   std::fprintf(stderr, "usage: %s [--iters N] [--seed S] [--verbose]\n", argv0);
   return 2;
@@ -414,7 +572,7 @@ int main(int argc, char** argv) {
     levit::Isa isa;
     if (levit::isa_from_name(name, &isa)) isas.push_back(isa);
   }
-  long long counts[5] = {0, 0, 0, 0, 0};
+  long long counts[6] = {0, 0, 0, 0, 0, 0};
   for (long long it = 0; it < iters; ++it) {
     // Every ISA path in turn, and both thread counts, so a short run covers each of them.
     const levit::Isa isa = isas[static_cast<size_t>(it) % isas.size()];
@@ -423,13 +581,14 @@ int main(int argc, char** argv) {
       return 1;
     }
     const int nthreads = (it / static_cast<long long>(isas.size())) % 2 ? 2 : 1;
-    const int kind = static_cast<int>(uniform(0, 10));
+    const int kind = static_cast<int>(uniform(0, 11));
     bool ok;
     if (kind < 4) ok = check_attention(nthreads), ++counts[0];
     else if (kind < 7) ok = check_gemm(nthreads), ++counts[1];
     else if (kind < 9) ok = check_mlp(nthreads), ++counts[2];
     else if (kind < 10) ok = check_pack(nthreads), ++counts[3];
-    else ok = check_conv(nthreads), ++counts[4];
+    else if (kind < 11) ok = check_conv(nthreads), ++counts[4];
+    else ok = check_program(nthreads), ++counts[5];
     if (verbose) std::fprintf(stderr, "[%lld] %s\n", it, g_call);
     if (!ok) {
       std::fprintf(stderr, "levit_fuzz: iteration %lld of --seed %llu failed\n", it, seed);
@@ -437,8 +596,8 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("levit_fuzz: %lld iterations passed (seed %llu; attention %lld, gemm %lld, "
-              "mlp %lld, pack %lld, conv %lld; isas:", iters, seed, counts[0], counts[1],
-              counts[2], counts[3], counts[4]);
+              "mlp %lld, pack %lld, conv %lld, program %lld; isas:", iters, seed, counts[0],
+              counts[1], counts[2], counts[3], counts[4], counts[5]);
   for (levit::Isa isa : isas) std::printf(" %s", levit::isa_name(isa));
   std::printf(")\n");
   return 0;

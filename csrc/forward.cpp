@@ -1,0 +1,229 @@
+// forward.cpp — see forward.h.
+//
+// Workspace, per image: two activation buffers A and B (the largest stem output or token
+// matrix), qkv (the largest qkv / kv projection), sub (a shrinking layer's subsampled tokens
+// and their q projection), attn (the largest attention output), then the mean token. The
+// stem and the token layers alternate between A and B; a self-attention block adds its
+// projection into x in place (the GEMM allows the residual to be its output).
+#include "forward.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "attention.h"
+#include "gemm.h"
+
+namespace levit {
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+int64_t aligned(int64_t floats) { return (floats + 15) / 16 * 16; }  // 64-byte regions
+
+// tokens (B, rows, cols, c) -> (B, ceil(rows/s), ceil(cols/s), c): every s-th row and column.
+void subsample_tokens(const float* x, int64_t batch, int64_t rows, int64_t cols, int64_t c,
+                      int64_t s, float* out) {
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t r = 0; r < rows; r += s)
+      for (int64_t col = 0; col < cols; col += s, out += c) {
+        const float* src = x + ((b * rows + r) * cols + col) * c;
+        std::copy(src, src + c, out);
+      }
+}
+
+// out (B, c) = mean over the n tokens of x (B, n, c), summed in double.
+void mean_tokens(const float* x, int64_t batch, int64_t n, int64_t c, float* out) {
+  std::vector<double> sum(c);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::fill(sum.begin(), sum.end(), 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = x + (b * n + i) * c;
+      for (int64_t j = 0; j < c; ++j) sum[j] += row[j];
+    }
+    for (int64_t j = 0; j < c; ++j) out[b * c + j] = static_cast<float>(sum[j] / n);
+  }
+}
+
+}  // namespace
+
+Program::Program(int64_t in_channels, int64_t height, int64_t width)
+    : in_channels_(in_channels), height_(height), width_(width), rows_(height), cols_(width),
+      channels_(in_channels) {
+  require(in_channels >= 1 && height >= 1 && width >= 1,
+          "images: expected channels, height and width >= 1");
+}
+
+void Program::grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn) {
+  sizes_.act = std::max(sizes_.act, aligned(act));
+  sizes_.qkv = std::max(sizes_.qkv, aligned(qkv));
+  sizes_.sub = std::max(sizes_.sub, aligned(sub));
+  sizes_.attn = std::max(sizes_.attn, aligned(attn));
+}
+
+void Program::add_conv(const ConvLayer& l) {
+  require(!tokens_started_, "conv: every convolution must come before the token layers");
+  require(l.cin == channels_, "conv: expected " + str(channels_) + " input channels, got " +
+                                  str(l.cin));
+  require(l.cout >= 1 && l.kernel >= 1 && l.stride >= 1 && l.pad >= 0,
+          "conv: expected cout, kernel, stride >= 1 and pad >= 0");
+  const int64_t ho = (rows_ + 2 * l.pad - l.kernel) / l.stride + 1;
+  const int64_t wo = (cols_ + 2 * l.pad - l.kernel) / l.stride + 1;
+  require(rows_ + 2 * l.pad >= l.kernel && cols_ + 2 * l.pad >= l.kernel,
+          "conv: the " + str(rows_) + "x" + str(cols_) + " input is smaller than the kernel");
+  convs_.push_back(l);
+  rows_ = ho, cols_ = wo, channels_ = l.cout;
+  grow(ho * wo * l.cout, 0, 0, 0);
+}
+
+void Program::add_attention(const AttentionLayer& l) {
+  require(!convs_.empty(), "attention: the stem must come first (the tokens are its output)");
+  require(l.channels == channels_, "attention: expected " + str(channels_) +
+                                       " input channels, got " + str(l.channels));
+  require(l.heads >= 1 && l.dk >= 1 && l.dv >= 1 && l.subsample >= 1 && l.out_channels >= 1,
+          "attention: expected heads, dk, dv, subsample and out_channels >= 1");
+  require(l.subsample > 1 || l.out_channels == l.channels,
+          "attention: a self-attention block keeps the width (residual)");
+  require(l.subsample == 1 || l.q_packed != nullptr, "attention: shrinking needs q weights");
+  tokens_started_ = true;
+  const Geometry in{rows_, cols_, channels_};
+  const int64_t n = rows_ * cols_;
+  if (l.subsample == 1) {
+    grow(n * l.channels, n * l.heads * (2 * l.dk + l.dv), 0, n * l.heads * l.dv);
+  } else {
+    rows_ = (rows_ - 1) / l.subsample + 1;
+    cols_ = (cols_ - 1) / l.subsample + 1;
+    const int64_t nq = rows_ * cols_;
+    grow(nq * l.out_channels, n * l.heads * (l.dk + l.dv),
+         nq * (l.channels + l.heads * l.dk), nq * l.heads * l.dv);
+  }
+  channels_ = l.out_channels;
+  layers_.emplace_back(Attention{l, in});
+}
+
+void Program::add_mlp(const MlpLayer& l) {
+  require(!convs_.empty(), "mlp: the stem must come first (the tokens are its output)");
+  require(l.channels == channels_, "mlp: expected " + str(channels_) + " channels, got " +
+                                       str(l.channels));
+  require(l.hidden >= 1, "mlp: expected hidden >= 1");
+  tokens_started_ = true;
+  layers_.emplace_back(Mlp{l, Geometry{rows_, cols_, channels_}});
+}
+
+void Program::set_head(const float* packed, const float* bias, int64_t classes) {
+  require(!convs_.empty(), "head: the stem must come first");
+  require(packed != nullptr && classes >= 1, "head: expected a packed weight and classes >= 1");
+  head_ = packed, head_bias_ = bias, classes_ = classes;
+}
+
+int64_t Program::workspace_floats(int64_t batch) const {
+  return std::min(batch, kChunk) *
+         (2 * sizes_.act + sizes_.qkv + sizes_.sub + sizes_.attn + aligned(channels_));
+}
+
+void Program::run_attention(const Attention& a, int64_t batch, float* x, float* next, float* qkv,
+                            float* sub, float* attn, int nthreads) const {
+  const AttentionLayer& l = a.layer;
+  const int64_t n = a.in.rows * a.in.cols, c = l.channels;
+  const int64_t h = l.heads, dk = l.dk, dv = l.dv;
+  AttnArgs args{};
+  args.batch = batch, args.heads = h, args.nk = n, args.dk = dk, args.dv = dv;
+  args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
+  args.out = attn;
+  if (l.subsample == 1) {
+    // qkv (B, n, h, 2dk + dv): q, k, v are strided views of it
+    const int64_t width = h * (2 * dk + dv);
+    gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
+                width, nthreads);
+    args.nq = n;
+    args.q = qkv, args.k = qkv + dk, args.v = qkv + 2 * dk;
+    args.q_sb = args.k_sb = args.v_sb = n * width;
+    args.q_sh = args.k_sh = args.v_sh = 2 * dk + dv;
+    args.q_sn = args.k_sn = args.v_sn = width;
+    attention(args, nthreads);
+    gemm_packed(attn, batch * n, h * dv, h * dv, l.proj_packed, c, l.proj_bias, x, c, kActNone, x,
+                c, nthreads);
+    return;
+  }
+  // kv (B, n, h, dk + dv); q (B, nq, h, dk) from the subsampled tokens
+  const int64_t width = h * (dk + dv);
+  gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
+              width, nthreads);
+  const int64_t nq = ((a.in.rows - 1) / l.subsample + 1) * ((a.in.cols - 1) / l.subsample + 1);
+  float* tokens = sub;
+  float* q = sub + batch * nq * c;
+  subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, tokens);
+  gemm_packed(tokens, batch * nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0, kActNone, q,
+              h * dk, nthreads);
+  args.nq = nq;
+  args.q = q, args.q_sb = nq * h * dk, args.q_sh = dk, args.q_sn = h * dk;
+  args.k = qkv, args.v = qkv + dk;
+  args.k_sb = args.v_sb = n * width;
+  args.k_sh = args.v_sh = dk + dv;
+  args.k_sn = args.v_sn = width;
+  attention(args, nthreads);
+  gemm_packed(attn, batch * nq, h * dv, h * dv, l.proj_packed, l.out_channels, l.proj_bias,
+              nullptr, 0, kActNone, next, l.out_channels, nthreads);
+}
+
+void Program::run(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
+                  int64_t sw, float* workspace, float* out, int nthreads) const {
+  if (convs_.empty()) throw std::logic_error("Program::run: no layers");
+  for (int64_t b0 = 0; b0 < batch; b0 += kChunk)
+    run_chunk(images + b0 * sb, std::min(kChunk, batch - b0), sb, sc, sh, sw, workspace,
+              out + b0 * output_features(), nthreads);
+}
+
+void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
+                        int64_t sw, float* workspace, float* out, int nthreads) const {
+  float* buf[2] = {workspace, workspace + batch * sizes_.act};
+  float* qkv = buf[1] + batch * sizes_.act;
+  float* sub = qkv + batch * sizes_.qkv;
+  float* attn = sub + batch * sizes_.sub;
+  float* mean = attn + batch * sizes_.attn;
+  int cur = 0;
+
+  // The stem: the first convolution reads the images through their strides (NCHW in place).
+  const float* src = images;
+  int64_t h = height_, w = width_, c = in_channels_;
+  for (const ConvLayer& l : convs_) {
+    ConvArgs args{src, batch, h, w, c, sb, sh, sw, sc, l.kernel, l.kernel, l.stride, l.pad,
+                  l.packed, l.cout, l.bias, l.act, buf[cur]};
+    conv2d_packed(args, nthreads);
+    h = (h + 2 * l.pad - l.kernel) / l.stride + 1;
+    w = (w + 2 * l.pad - l.kernel) / l.stride + 1;
+    c = l.cout;
+    src = buf[cur];
+    cur ^= 1;
+    sb = h * w * c, sh = w * c, sw = c, sc = 1;
+  }
+  cur ^= 1;  // buf[cur] holds the tokens (B, h·w, c)
+
+  for (const auto& layer : layers_) {
+    if (const Attention* a = std::get_if<Attention>(&layer)) {
+      run_attention(*a, batch, buf[cur], buf[cur ^ 1], qkv, sub, attn, nthreads);
+      if (a->layer.subsample > 1) cur ^= 1;
+    } else {
+      const Mlp& m = std::get<Mlp>(layer);
+      const MlpLayer& l = m.layer;
+      mlp_packed(buf[cur], batch * m.in.rows * m.in.cols, l.channels, l.channels, l.w1_packed,
+                 l.b1, l.hidden, l.w2_packed, l.b2, buf[cur ^ 1], nthreads);
+      cur ^= 1;
+    }
+  }
+
+  const int64_t tokens = rows_ * cols_;
+  if (!head_) {
+    mean_tokens(buf[cur], batch, tokens, channels_, out);
+    return;
+  }
+  mean_tokens(buf[cur], batch, tokens, channels_, mean);
+  gemm_packed(mean, batch, channels_, channels_, head_, classes_, head_bias_, nullptr, 0, kActNone,
+              out, classes_, nthreads);
+}
+
+}  // namespace levit

@@ -1,0 +1,118 @@
+// forward.h — a whole fused LeViT forward (eval mode, CPU) as one call.
+//
+// The stem convolutions, every attention and MLP layer, the mean over tokens and the
+// classifier run back to back on the kernels of gemm.h and attention.h, with all activations
+// in one workspace the caller provides. Why one call: at batch 1 a forward is ~50 kernel
+// calls of 20-200 us each, and driving them from Python (views, checks, allocations) took
+// ~0.8 ms of a 5.4 ms LeViT-128S forward on 2 threads.
+//
+// A Program holds raw pointers to packed weights and biases that the caller keeps alive (the
+// Python FusedPlan owns the tensors). Building one checks that the layers chain (widths, token
+// grid); running it trusts its arguments, like every kernel here.
+#pragma once
+
+#include <cstdint>
+#include <variant>
+#include <vector>
+
+namespace levit {
+
+// A convolution of the stem (NHWC; the first one reads the images through their strides).
+struct ConvLayer {
+  const float* packed;  // pack_weight of the (cout, kernel·kernel·cin) matrix
+  const float* bias;    // (cout)
+  int64_t cin, cout, kernel, stride, pad;
+  int act;
+};
+
+// Self-attention with a residual (subsample == 1):
+//   qkv = x·Wqkvᵀ + b, heads side by side as [q (dk) | k (dk) | v (dv)] per head;
+//   x  += proj(hardswish(attention(q, k, v, bias)))
+// or shrinking attention (subsample > 1), which changes the token grid and the width:
+//   kv = x·Wkvᵀ + b as [k | v] per head; q from the tokens on every subsample-th grid row
+//   and column; x = proj(hardswish(attention(q, k, v, bias)))  (no residual).
+struct AttentionLayer {
+  int64_t channels, out_channels, heads, dk, dv, subsample;
+  float scale;
+  const float* bias;                       // (heads, nq, nk) contiguous
+  const float* qkv_packed;                 // self: qkv; shrinking: kv
+  const float* qkv_bias;
+  const float* q_packed;                   // shrinking only
+  const float* q_bias;
+  const float* proj_packed;
+  const float* proj_bias;
+};
+
+// x = x + hardswish(x·W1ᵀ + b1)·W2ᵀ + b2.
+struct MlpLayer {
+  int64_t channels, hidden;
+  const float *w1_packed, *b1, *w2_packed, *b2;
+};
+
+class Program {
+ public:
+  // Images (B, in_channels, height, width).
+  Program(int64_t in_channels, int64_t height, int64_t width);
+
+  // Layers in forward order: every convolution before the first token layer. Each throws
+  // std::invalid_argument when it does not chain onto the layers before it.
+  void add_conv(const ConvLayer& layer);
+  void add_attention(const AttentionLayer& layer);
+  void add_mlp(const MlpLayer& layer);
+  // The classifier (packed (classes, channels) weight and its bias); without one the
+  // program's output is the mean token.
+  void set_head(const float* packed, const float* bias, int64_t classes);
+
+  // Token grid entering the next layer added (rows, cols) and its width.
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t channels() const { return channels_; }
+  int64_t output_features() const { return head_ ? classes_ : channels_; }
+  // Floats of workspace run() needs for this batch size.
+  int64_t workspace_floats(int64_t batch) const;
+
+  // out (batch, output_features()) from images (batch, C, H, W) given by element strides.
+  // Large batches run in chunks of kChunk images, all through the same workspace: its size
+  // stays bounded (a few tens of MB; it can then be kept between calls instead of being
+  // page-faulted in afresh every time), and kChunk images already give the stage-3 GEMMs
+  // (16 tokens per image) enough rows to reuse each weight panel.
+  static constexpr int64_t kChunk = 16;
+  void run(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
+           float* workspace, float* out, int nthreads) const;
+
+ private:
+  struct Geometry {  // token grid and width entering a token layer
+    int64_t rows, cols, channels;
+  };
+  struct Attention {
+    AttentionLayer layer;
+    Geometry in;
+  };
+  struct Mlp {
+    MlpLayer layer;
+    Geometry in;
+  };
+  // Per-image sizes (floats) of the workspace regions: the two activation buffers that
+  // alternate, qkv (or kv), the subsampled tokens plus their q, and the attention output.
+  struct Sizes {
+    int64_t act = 0, qkv = 0, sub = 0, attn = 0;
+  };
+
+  void grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn);
+  void run_chunk(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
+                 int64_t sw, float* workspace, float* out, int nthreads) const;
+  void run_attention(const Attention& a, int64_t batch, float* x, float* next, float* qkv,
+                     float* sub, float* attn, int nthreads) const;
+
+  const int64_t in_channels_, height_, width_;
+  int64_t rows_, cols_, channels_;  // what the next layer receives
+  bool tokens_started_ = false;
+  std::vector<ConvLayer> convs_;
+  std::vector<std::variant<Attention, Mlp>> layers_;
+  const float* head_ = nullptr;
+  const float* head_bias_ = nullptr;
+  int64_t classes_ = 0;
+  Sizes sizes_;
+};
+
+}  // namespace levit

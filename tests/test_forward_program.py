@@ -1,0 +1,230 @@
+"""cpu.ForwardProgram: the whole fused CPU forward as one C++ call (csrc/forward.h).
+
+The fused model runs it for eager forwards; torch.compile traces the same layers one op at a
+time. Both must agree with each other and with the plain model, at every batch size (batches
+run in chunks of 16 images through one workspace), any image strides, and every layer shape
+the variants and ablations have.
+"""
+import threading
+
+import pytest
+import torch
+
+from levit_kernels import LeViT, cpu, fused
+
+from levit_testing import randomize_
+
+pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def model_and_plan(variant="LeViT-128S", **kwargs):
+    model = randomize_(LeViT(variant, fused=True, **kwargs)).eval()
+    size = model.img_size
+    with torch.no_grad():
+        plan = fused.get_plan(model, torch.zeros(1, 3, *size))
+    assert plan.program is not None
+    return model, plan
+
+
+def layer_by_layer(plan, images):
+    """The same plan with the program switched off: one launcher call per layer."""
+    program, plan.program = plan.program, None
+    try:
+        with torch.no_grad():
+            return plan.forward(images)
+    finally:
+        plan.program = program
+
+
+@pytest.mark.parametrize("variant,kwargs", [
+    ("LeViT-128S", {}), ("LeViT-256", {}),                     # D 16 and D 32, three stages
+    ("LeViT-A1", {}), ("LeViT-A6", {}),                        # one stage; D = Dv = 64
+    ("LeViT-128S", {"img_size": (224, 320)}),                  # a non-square token grid
+    ("LeViT-128S", {"img_size": 200}),                         # odd grids: 13x13, 7x7, 4x4
+    ("LeViT-128S", {"num_classes": 0}),                        # pooled features, no head
+    ("LeViT-128S", {"distillation": False}),
+])
+def test_program_matches_layer_by_layer_and_plain(variant, kwargs):
+    model, plan = model_and_plan(variant, **kwargs)
+    plain = LeViT(variant, **kwargs).eval()
+    plain.load_state_dict(model.state_dict())
+    images = torch.randn(2, 3, *model.img_size)
+    with torch.no_grad():
+        out = plan.program(images)
+        expected = plain(images)
+    assert out.shape == expected.shape
+    assert rel_err(out, layer_by_layer(plan, images)) <= 1e-5
+    assert rel_err(out, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 15, 16, 17, 33])
+def test_batches_across_chunk_boundaries(batch):
+    """Each image's logits do not depend on the batch it came in (chunks of 16)."""
+    _, plan = model_and_plan()
+    images = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        out = plan.program(images)
+        alone = torch.cat([plan.program(images[i:i + 1]) for i in range(batch)])
+    assert out.shape == (batch, 1000)
+    assert rel_err(out, alone) <= 1e-6
+    assert rel_err(out, layer_by_layer(plan, images)) <= 1e-5
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided", "expanded"])
+def test_images_of_any_strides(layout):
+    _, plan = model_and_plan()
+    base = torch.randn(3, 3, 224, 224)
+    images = {
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "strided": torch.randn(6, 3, 224, 224)[::2],
+        "expanded": base[:1].expand(3, 3, 224, 224),
+    }[layout]
+    with torch.no_grad():
+        assert torch.equal(plan.program(images), plan.program(images.contiguous()))
+
+
+def test_empty_batch():
+    _, plan = model_and_plan()
+    assert plan.program(torch.zeros(0, 3, 224, 224)).shape == (0, 1000)
+
+
+def test_workspace_is_kept_and_reused():
+    _, plan = model_and_plan()
+    images = torch.randn(20, 3, 224, 224)
+    with torch.no_grad():
+        first = plan.program(images)
+        workspace = plan.program._workspace.data_ptr()
+        assert torch.equal(plan.program(images), first)
+        plan.program(images[:3])                             # smaller: same buffer
+    assert plan.program._workspace.data_ptr() == workspace
+
+
+def test_a_second_thread_gets_its_own_workspace():
+    """A call that finds the kept workspace in use must not share it."""
+    _, plan = model_and_plan()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = plan.program(images)
+        plan.program._workspace_lock.acquire()           # as if another thread were running
+        try:
+            result = [None]
+            thread = threading.Thread(target=lambda: result.__setitem__(0, plan.program(images)))
+            thread.start()
+            thread.join(timeout=60)
+        finally:
+            plan.program._workspace_lock.release()
+    assert not thread.is_alive()
+    assert torch.equal(result[0], expected)
+
+
+@pytest.mark.parametrize("images,exc,match", [
+    (torch.zeros(1, 3, 224, 224, dtype=torch.float64), TypeError, "images: expected dtype"),
+    (torch.zeros(1, 4, 224, 224), ValueError, r"images: expected shape \(B, 3, 224, 224\)"),
+    (torch.zeros(1, 3, 224, 200), ValueError, r"images: expected shape \(B, 3, 224, 224\)"),
+    (torch.zeros(3, 224, 224), ValueError, "images: expected 4 dimensions"),
+    ("not a tensor", TypeError, "images: expected a torch.Tensor"),
+])
+def test_bad_images(images, exc, match):
+    _, plan = model_and_plan()
+    with pytest.raises(exc, match=match):
+        plan.program(images)
+
+
+# ---- building a program: each layer must fit the ones before it ---------------------------
+def stem():
+    program = cpu.ForwardProgram(3, 32, 32)
+    program.add_conv(cpu.PackedConv(torch.randn(8, 3, 3, 3), torch.randn(8), 2, 1), "hardswish")
+    return program                                          # 16x16 tokens of width 8
+
+
+def linear(n_in, n_out):
+    return cpu.PackedLinear(torch.randn(n_out, n_in), torch.randn(n_out))
+
+
+def test_conv_with_the_wrong_input_channels():
+    program = stem()
+    with pytest.raises(ValueError, match="conv: expected 8 input channels, got 3"):
+        program.add_conv(cpu.PackedConv(torch.randn(8, 3, 3, 3), None, 2, 1), "none")
+
+
+def test_conv_after_token_layers():
+    program = stem()
+    program.add_mlp(cpu.PackedMlp(torch.randn(16, 8), torch.randn(16), torch.randn(8, 16),
+                                  torch.randn(8)))
+    with pytest.raises(ValueError, match="before the token layers"):
+        program.add_conv(cpu.PackedConv(torch.randn(8, 8, 3, 3), None, 2, 1), "none")
+
+
+def test_token_layers_need_the_stem():
+    program = cpu.ForwardProgram(3, 32, 32)
+    with pytest.raises(ValueError, match="the stem must come first"):
+        program.add_mlp(cpu.PackedMlp(torch.randn(6, 3), torch.randn(6), torch.randn(3, 6),
+                                      torch.randn(3)))
+
+
+def test_mlp_of_the_wrong_width():
+    program = stem()
+    with pytest.raises(ValueError, match="mlp: expected 8 channels, got 4"):
+        program.add_mlp(cpu.PackedMlp(torch.randn(16, 4), torch.randn(16), torch.randn(4, 16),
+                                      torch.randn(4)))
+
+
+@pytest.mark.parametrize("part,match", [
+    ("qkv_in", "qkv: expected 8 features here, got 4"),
+    ("qkv_out", "qkv: expected 32 features here, got 24"),
+    ("proj", "proj: expected 16 features here, got 8"),
+    ("bias", r"bias: expected shape \(H=2, Nq=256, Nk=256\) for the 16x16 token grid"),
+])
+def test_attention_that_does_not_fit(part, match):
+    heads, dk, dv = 2, 4, 8                       # qkv: 2 * (4 + 4 + 8) = 32, proj in: 16
+    qkv = linear(4 if part == "qkv_in" else 8, 24 if part == "qkv_out" else 32)
+    proj = linear(8 if part == "proj" else 16, 8)
+    bias = torch.randn(heads, 256, 255 if part == "bias" else 256)
+    with pytest.raises(ValueError, match=match):
+        stem().add_attention(qkv, proj, bias, heads, dk, dv, 0.5)
+
+
+def test_shrinking_attention_needs_q():
+    with pytest.raises(ValueError, match="q: shrinking attention"):
+        stem().add_attention(linear(8, 24), linear(16, 12), torch.randn(2, 64, 256), 2, 4, 8,
+                             0.5, subsample=2)
+
+
+def test_head_of_the_wrong_width():
+    with pytest.raises(ValueError, match="head: expected 8 input features, got 5"):
+        stem().set_head(linear(5, 10))
+
+
+def test_a_hand_built_program_equals_the_launchers():
+    """A small program of every layer kind against the same layers called one by one."""
+    torch.manual_seed(0)
+    conv = cpu.PackedConv(torch.randn(8, 3, 3, 3) / 5, torch.randn(8), 2, 1)
+    heads, dk, dv = 2, 4, 8
+    qkv, proj = linear(8, heads * (2 * dk + dv)), linear(heads * dv, 8)
+    kv, q, proj2 = linear(8, heads * (dk + dv)), linear(8, heads * dk), linear(heads * dv, 12)
+    mlp = cpu.PackedMlp(torch.randn(24, 12) / 4, torch.randn(24), torch.randn(12, 24) / 5,
+                        torch.randn(12))
+    head = linear(12, 5)
+    bias_self, bias_shrink = torch.randn(heads, 256, 256), torch.randn(heads, 64, 256)
+    program = cpu.ForwardProgram(3, 32, 32)
+    program.add_conv(conv, "hardswish")
+    program.add_attention(qkv, proj, bias_self, heads, dk, dv, 0.5)
+    program.add_attention(kv, proj2, bias_shrink, heads, dk, dv, 0.5, q=q, subsample=2)
+    program.add_mlp(mlp)
+    program.set_head(head)
+
+    images = torch.randn(3, 3, 32, 32)
+    x = conv(images.permute(0, 2, 3, 1), "hardswish").reshape(3, 256, 8)
+    t = qkv(x).view(3, 256, heads, 2 * dk + dv).permute(0, 2, 1, 3)
+    a = cpu.attention(t[..., :dk], t[..., dk:2 * dk], t[..., 2 * dk:], bias_self, 0.5, True)
+    x = proj(a, residual=x)
+    t = kv(x).view(3, 256, heads, dk + dv).permute(0, 2, 1, 3)
+    x_sub = x.view(3, 16, 16, 8)[:, ::2, ::2].reshape(3, 64, 8)
+    q_sub = q(x_sub).view(3, 64, heads, dk).permute(0, 2, 1, 3)
+    x = proj2(cpu.attention(q_sub, t[..., :dk], t[..., dk:], bias_shrink, 0.5, True))
+    expected = head(mlp(x).mean(dim=1))
+    assert rel_err(program(images), expected) <= 1e-5
