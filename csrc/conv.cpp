@@ -81,4 +81,52 @@ void conv2d_packed(const ConvArgs& a, int nthreads) {
   });
 }
 
+void pad_nhwc(const float* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb,
+              int64_t sh, int64_t sw, int64_t sc, int64_t pad, float* out, int nthreads) {
+  const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
+  parallel_for(batch * hp, nthreads, [&](int64_t t) {
+    const int64_t b = t / hp, y = t % hp - pad;
+    float* row = out + t * wp * c;
+    if (y < 0 || y >= h) {
+      std::fill(row, row + wp * c, 0.0f);
+      return;
+    }
+    std::fill(row, row + pad * c, 0.0f);
+    std::fill(row + (pad + w) * c, row + wp * c, 0.0f);
+    const float* src = x + b * sb + y * sh;
+    float* dst = row + pad * c;
+    if (sc == 1 && sw == c) {
+      std::copy(src, src + w * c, dst);
+      return;
+    }
+    for (int64_t ch = 0; ch < c; ++ch)  // e.g. NCHW: one plane row per channel, interleaved
+      for (int64_t i = 0; i < w; ++i) dst[i * c + ch] = src[ch * sc + i * sw];
+  });
+}
+
+void conv2d_padded(const PaddedConvArgs& a, int nthreads) {
+  const int64_t ho = (a.hp - a.kernel) / a.stride + 1, wo = (a.wp - a.kernel) / a.stride + 1;
+  const int64_t p = a.out_pad, out_w = wo + 2 * p, c = a.cout;
+  const int64_t run = a.kernel * a.cin;  // one kernel row of a patch: contiguous in the input
+  // One task per output row: its pixels' patches are `kernel` strided matrices (one per kernel
+  // row) with row stride stride·cin, multiplied straight out of the padded input.
+  parallel_for(a.batch * ho, nthreads, [&](int64_t t) {
+    const int64_t b = t / ho, oy = t % ho;
+    float* image = a.out + b * (ho + 2 * p) * out_w * c;
+    float* row = image + ((oy + p) * out_w + p) * c;
+    if (p > 0) {  // the next convolution's zero border around this row (and above / below)
+      std::fill(row - p * c, row, 0.0f);
+      std::fill(row + wo * c, row + (wo + p) * c, 0.0f);
+      if (oy == 0) std::fill(image, image + p * out_w * c, 0.0f);
+      if (oy == ho - 1) std::fill(row + (wo + p) * c, row + (wo + p + p * out_w) * c, 0.0f);
+    }
+    thread_local std::vector<const float*> segments;
+    segments.resize(a.kernel);
+    for (int64_t ky = 0; ky < a.kernel; ++ky)
+      segments[ky] = a.x + ((b * a.hp + oy * a.stride + ky) * a.wp) * a.cin;
+    gemm_rows_segments(segments.data(), a.kernel, run, a.stride * a.cin, wo, a.packed, c, a.bias,
+                       a.act, row, c);
+  });
+}
+
 }  // namespace levit

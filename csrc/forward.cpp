@@ -76,6 +76,8 @@ void Program::add_conv(const ConvLayer& l) {
   require(rows_ + 2 * l.pad >= l.kernel && cols_ + 2 * l.pad >= l.kernel,
           "conv: the " + str(rows_) + "x" + str(cols_) + " input is smaller than the kernel");
   convs_.push_back(l);
+  // its input with this conv's zero border (the padded images, or the previous output)
+  grow((rows_ + 2 * l.pad) * (cols_ + 2 * l.pad) * channels_, 0, 0, 0);
   rows_ = ho, cols_ = wo, channels_ = l.cout;
   grow(ho * wo * l.cout, 0, 0, 0);
 }
@@ -187,19 +189,23 @@ void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t 
   float* mean = attn + batch * sizes_.attn;
   int cur = 0;
 
-  // The stem: the first convolution reads the images through their strides (NCHW in place).
-  const float* src = images;
-  int64_t h = height_, w = width_, c = in_channels_;
-  for (const ConvLayer& l : convs_) {
-    ConvArgs args{src, batch, h, w, c, sb, sh, sw, sc, l.kernel, l.kernel, l.stride, l.pad,
-                  l.packed, l.cout, l.bias, l.act, buf[cur]};
-    conv2d_packed(args, nthreads);
-    h = (h + 2 * l.pad - l.kernel) / l.stride + 1;
-    w = (w + 2 * l.pad - l.kernel) / l.stride + 1;
+  // The stem: the images are copied once into NHWC with the first convolution's zero border
+  // (reading them through their strides), and each convolution writes its output with the
+  // next one's border, so no convolution gathers patches (conv2d_padded).
+  int64_t hp = height_ + 2 * convs_[0].pad, wp = width_ + 2 * convs_[0].pad, c = in_channels_;
+  pad_nhwc(images, batch, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, buf[1], nthreads);
+  const float* src = buf[1];
+  for (size_t i = 0; i < convs_.size(); ++i) {
+    const ConvLayer& l = convs_[i];
+    const int64_t out_pad = i + 1 < convs_.size() ? convs_[i + 1].pad : 0;
+    PaddedConvArgs args{src, batch, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
+                        l.act, buf[cur], out_pad};
+    conv2d_padded(args, nthreads);
+    hp = (hp - l.kernel) / l.stride + 1 + 2 * out_pad;
+    wp = (wp - l.kernel) / l.stride + 1 + 2 * out_pad;
     c = l.cout;
     src = buf[cur];
     cur ^= 1;
-    sb = h * w * c, sh = w * c, sw = c, sc = 1;
   }
   cur ^= 1;  // buf[cur] holds the tokens (B, h·w, c)
 

@@ -155,6 +155,28 @@ void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const floa
               ldc);
 }
 
+void gemm_rows_segments(const float* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
+                        int64_t m, const float* packed, int64_t n, const float* bias, int act,
+                        float* c, int64_t ldc) {
+  const GemmKernel kern = select_kernel();
+  const int64_t k = nseg * seg_k, kc = k_block(seg_k);
+  for (int64_t j0 = 0; j0 < n; j0 += kNc) {
+    GemmBlock g;
+    g.lda = lda, g.m = m, g.panel_stride = k * kPanel, g.n = std::min(kNc, n - j0);
+    g.c = c + j0, g.ldc = ldc, g.bias = bias ? bias + j0 : nullptr;
+    g.residual = nullptr, g.ldr = 0, g.act = act;
+    for (int64_t s = 0; s < nseg; ++s)
+      for (int64_t k0 = 0; k0 < seg_k; k0 += kc) {
+        g.kc = std::min(kc, seg_k - k0);
+        g.a = a[s] + k0;
+        g.b = packed + (j0 / kPanel) * k * kPanel + (s * seg_k + k0) * kPanel;
+        g.first = s == 0 && k0 == 0;
+        g.last = s == nseg - 1 && k0 + g.kc >= seg_k;
+        kern.block(g);
+      }
+  }
+}
+
 GemmKernel gemm_kernel_generic() { return {&generic_block, kGenMr, static_cast<int>(kPanel)}; }
 
 void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packed, int nthreads) {

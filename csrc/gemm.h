@@ -52,12 +52,39 @@ struct ConvArgs {
 };
 void conv2d_packed(const ConvArgs& args, int nthreads);
 
+// The stem inside a forward Program (forward.h): the same convolution on NHWC input that is
+// already zero-padded, so no patch is ever gathered. For one output row and kernel row ky, the
+// kw·cin patch values of consecutive output pixels are one contiguous run of the padded input
+// row, `stride`·cin floats apart: a strided matrix the GEMM block kernels read in place, one
+// K segment per kernel row (gemm_rows_segments).
+struct PaddedConvArgs {
+  const float* x;  // (batch, hp, wp, cin) NHWC, contiguous, borders of the conv's padding zero
+  int64_t batch, hp, wp, cin, kernel, stride;
+  const float* packed;  // as for conv2d_packed
+  int64_t cout;
+  const float* bias;  // (cout) or null
+  int act;
+  float* out;       // (batch, ho + 2·out_pad, wo + 2·out_pad, cout), ho = (hp - kernel)/stride + 1
+  int64_t out_pad;  // a zero border for the next convolution (written here)
+};
+void conv2d_padded(const PaddedConvArgs& args, int nthreads);
+
+// out (B, h + 2·pad, w + 2·pad, c) contiguous with a zero border = x (B, h, w, c) given by any
+// element strides (NCHW images in place).
+void pad_nhwc(const float* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb,
+              int64_t sh, int64_t sw, int64_t sc, int64_t pad, float* out, int nthreads);
+
 // Building blocks shared by the GEMM drivers (gemm.cpp, conv.cpp).
 int64_t gemm_row_block();              // rows per thread task (a multiple of the tile height)
 int64_t padded_stride(int64_t cols);   // a scratch row stride >= cols that never aliases in L1
 // C[0:m, 0:n] = act(A·W + bias) for one block of rows, single-threaded.
 void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
                    int64_t n, const float* bias, int act, float* c, int64_t ldc);
+// The same with K in `nseg` segments of seg_k: segment s is the (m × seg_k) matrix at a[s]
+// (row stride lda), times rows [s·seg_k, (s+1)·seg_k) of the packed weight (K = nseg·seg_k).
+void gemm_rows_segments(const float* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
+                        int64_t m, const float* packed, int64_t n, const float* bias, int act,
+                        float* c, int64_t ldc);
 
 // ---- per-ISA block kernels (gemm.cpp: generic, gemm_avx2.cpp, gemm_avx512.cpp) ----
 // Computes C[0:m, 0:n] (+)= A[0:m, 0:kc]·B for one K block. `b` points at row k0 of the first
