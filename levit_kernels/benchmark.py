@@ -1,9 +1,13 @@
 """Whole-model speed comparison: reference vs fused LeViT, and the peers a user could pick.
 
-Every provider runs the same weights on the same synthetic images in one process, one after
-another, so the ratios are taken in one run. A provider is a callable images -> logits built
-by one of the `make_*` functions; `run_benchmark` times each and reports images/s, speed-up
-over the reference, and the largest logit difference from the reference.
+Every provider runs the same weights on the same synthetic images in one process, so the
+ratios are taken in one run. A provider is a callable images -> logits built by one of the
+`*_provider` functions; `run_benchmark` builds them all, then times them in interleaved
+rounds (each round gives every provider an equal slice of the budget, in turn), and reports
+images/s (from the median call), speed-up over the reference, and the largest logit difference
+from the reference. Interleaving matters on shared machines: on the 2-core VM these numbers
+were taken on, speed drifts by 10-20% over seconds, and back-to-back blocks of one provider
+each would put that drift into the ratios.
 """
 from __future__ import annotations
 
@@ -37,12 +41,11 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def time_callable(fn: Callable, images, device, seconds: float, min_iters: int = 3,
-                  warmup: int = 2):
-    """Median wall time of fn(images) over at least `min_iters` calls or `seconds`."""
-    for _ in range(warmup):
-        fn(images)
-    _sync(device)
+ROUNDS = 5  # interleaved timing rounds per provider
+
+
+def time_calls(fn: Callable, images, device, seconds: float, min_iters: int = 1) -> List[float]:
+    """Wall times of fn(images) calls, at least `min_iters` of them or `seconds` worth."""
     times: List[float] = []
     start = time.perf_counter()
     while len(times) < min_iters or time.perf_counter() - start < seconds:
@@ -50,7 +53,7 @@ def time_callable(fn: Callable, images, device, seconds: float, min_iters: int =
         fn(images)
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(times)
+    return times
 
 
 def make_models(variant: str, device: str, dtype: torch.dtype, batch: int,
@@ -158,15 +161,16 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         providers["openvino"] = lambda: openvino_provider(reference, images, threads)
 
     results: List[Result] = []
+    callables: Dict[str, Callable] = {}
     expected = None
     for i, (name, build) in enumerate(providers.items(), 1):
-        print(f"[{i}/{len(providers)}] {name}: building and timing for ~{seconds:g}s ...",
-              file=progress, flush=True)
+        print(f"[{i}/{len(providers)}] {name}: building ...", file=progress, flush=True)
         try:
             fn = build()
             with torch.no_grad():
                 out = fn(images).float().cpu()
-            median, iters = time_callable(fn, images, device_t, seconds)
+                fn(images)                     # warm-up beyond the first call
+            _sync(device_t)
         except ImportError as exc:
             results.append(Result(name, float("nan"), float("nan"), 0,
                                   error=f"not installed ({exc.name})"))
@@ -177,9 +181,20 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
             continue
         if expected is None:
             expected = out
-        res = Result(name, batch / median, median * 1e3, iters,
-                     max_abs_diff=(out - expected).abs().max().item())
-        results.append(res)
+        callables[name] = fn
+        results.append(Result(name, float("nan"), float("nan"), 0,
+                              max_abs_diff=(out - expected).abs().max().item()))
+    times: Dict[str, List[float]] = {name: [] for name in callables}
+    for r in range(ROUNDS):
+        print(f"timing round {r + 1}/{ROUNDS}: {', '.join(callables)} in turn, "
+              f"~{seconds / ROUNDS:g}s each ...", file=progress, flush=True)
+        for name, fn in callables.items():
+            times[name] += time_calls(fn, images, device_t, seconds / ROUNDS)
+    for res in results:
+        if res.provider in times:
+            median = statistics.median(times[res.provider])
+            res.images_per_s, res.median_ms = batch / median, median * 1e3
+            res.iterations = len(times[res.provider])
     base = results[0].images_per_s
     for res in results:
         res.speedup = res.images_per_s / base

@@ -10,6 +10,9 @@ weight is packed once for the GEMM micro-kernel. One block then runs as
     x   = linear(a, +bias, +residual x)
     x   = mlp(x)                          x + W2 hswish(W1 x + b1) + b2 in one call
 
+On CPU the plan also compiles these layers into one `cpu.ForwardProgram`, which eager
+forwards run as a single C++ call; torch.compile traces the layers one op at a time instead.
+
 The cache (`FusedPlan`) is derived state and never stale: it is keyed on the device and
 dtype and on every parameter's and buffer's storage and version counter, so `.to()`,
 `load_state_dict`, `train()`/`eval()` and in-place edits all rebuild it on the next call.
