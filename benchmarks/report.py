@@ -1,6 +1,8 @@
-"""Turn a pytest-benchmark JSON into a Markdown table and a PNG bar chart of speed-ups.
+"""Turn a pytest-benchmark JSON into a Markdown table and a PNG bar chart of speed-ups, or
+`levit-kernels bench --json` files into one table of images/s against the reference and peers.
 
     python benchmarks/report.py RESULTS.json [--png speedups.png]
+    python benchmarks/report.py --bench results/interleaved/*.json
 
 Within each benchmark group the provider named "reference" is the baseline: every row gives
 the median time, throughput (when the benchmark recorded `images` in extra_info) and the
@@ -71,12 +73,42 @@ def plot(groups, path):
     fig.savefig(path, dpi=120)
 
 
+PEERS = ("onnxruntime", "openvino")
+
+
+def bench_markdown(paths):
+    """One row per `levit-kernels bench --json` file: images/s of every provider (timed in
+    interleaved rounds in that run), fused over the reference and over the faster peer."""
+    lines = ["| variant | setting | reference | fused | ONNX Runtime | OpenVINO | fused / reference "
+             "| fused / best peer |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        cfg = report["config"]
+        rate = {r["provider"]: r["images_per_s"] for r in report["results"] if not r["error"]}
+        peers = [rate[p] for p in PEERS if p in rate]
+        cells = [f"{rate[p]:.1f}" if p in rate else "-" for p in ("reference", "fused") + PEERS]
+        cells[1] = f"**{cells[1]}**"
+        ratio = f"{rate['fused'] / rate['reference']:.2f}×"
+        best = f"{rate['fused'] / max(peers):.2f}×" if peers else "-"
+        lines.append(f"| {cfg['variant']} | batch {cfg['batch']}, threads {cfg['threads']} | "
+                     f"{' | '.join(cells)} | {ratio} | {best} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("json")
+    parser.add_argument("json", nargs="+")
     parser.add_argument("--png")
+    parser.add_argument("--bench", action="store_true",
+                        help="the files are `levit-kernels bench --json` outputs")
     args = parser.parse_args()
-    data, groups = load_groups(args.json)
+    if args.bench:
+        print(bench_markdown(args.json))
+        return
+    if len(args.json) != 1:
+        parser.error("one pytest-benchmark JSON at a time")
+    data, groups = load_groups(args.json[0])
     print(markdown(data, groups))
     if args.png:
         plot(groups, args.png)

@@ -28,6 +28,13 @@ def test_bench_small(tmp_path, capsys):
     assert results["fused"]["images_per_s"] > 0
     assert results["fused"]["max_abs_diff"] < 1e-3
     assert report["config"]["threads"] == 1 and report["config"]["variant"] == "LeViT-128S"
+    # benchmarks/report.py --bench turns such files into the README's table
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "report.py")
+    row = subprocess.run([sys.executable, script, "--bench", str(out)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.splitlines()[-1]
+    ratio = results["fused"]["images_per_s"] / results["reference"]["images_per_s"]
+    assert row.startswith("| LeViT-128S | batch 1, threads 1 |"), row
+    assert f"| {ratio:.2f}× | - |" in row, row       # no peers in this run
 
 
 def test_summary_lists_every_variant(capsys):
