@@ -10,15 +10,20 @@
 // past column n is ever read from bias/residual or written to C. Row tails use a smaller MR.
 #pragma once
 
+#include <algorithm>
+
 #include "gemm.h"
 #include "simd.h"
 
 namespace levit {
 namespace {
 
+// `next`/`next_panels`: the panels of the strip after this one, fetched into L2 one cache
+// line (one k row of a panel) per k while the first tile row of this strip runs (null: none).
 template <class V, int MR, int NV>
 inline void micro_tile(const GemmBlock& g, const float* a, const float* b, float* c,
-                       const float* bias, const float* res, int64_t ncols) {
+                       const float* bias, const float* res, int64_t ncols,
+                       const float* next = nullptr, int next_panels = 0) {
   using vec = typename V::vec;
   constexpr int W = V::W;
   vec acc[MR][NV];
@@ -42,6 +47,9 @@ inline void micro_tile(const GemmBlock& g, const float* a, const float* b, float
   for (int v = 0; v < NV; ++v) bp[v] = b + (v * W / kPanel) * g.panel_stride + (v * W) % kPanel;
   const int64_t lda = g.lda;
   for (int64_t k = 0; k < g.kc; ++k) {
+    for (int p = 0; p < next_panels; ++p)
+      _mm_prefetch(reinterpret_cast<const char*>(next + p * g.panel_stride + k * kPanel),
+                   _MM_HINT_T1);
     vec bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = V::load(bp[v] + k * kPanel);
@@ -87,14 +95,22 @@ inline void row_tail(int rows, const GemmBlock& g, const float* a, const float* 
   }
 }
 
+// With few rows (batch-1 layers: 16-49 tokens) a strip is over before the hardware
+// prefetchers ramp up on the next strip's panels, which come from memory (a LeViT's weights
+// do not fit in cache): the first tile row prefetches them explicitly.
 template <class V, int MR, int NV>
 inline void strip(const GemmBlock& g, int64_t j, int64_t ncols) {
   const float* b = g.b + (j / kPanel) * g.panel_stride;
   const float* bias = g.bias ? g.bias + j : nullptr;
+  constexpr int64_t NR = NV * V::W;
+  const int64_t next_cols = std::min<int64_t>(NR, g.n - j - NR);
+  const int next_panels = next_cols > 0 ? static_cast<int>((next_cols + kPanel - 1) / kPanel) : 0;
+  const float* next = b + (NR / kPanel) * g.panel_stride;
   int64_t i = 0;
   for (; i + MR <= g.m; i += MR)
     micro_tile<V, MR, NV>(g, g.a + i * g.lda, b, g.c + i * g.ldc + j, bias,
-                          g.residual ? g.residual + i * g.ldr + j : nullptr, ncols);
+                          g.residual ? g.residual + i * g.ldr + j : nullptr, ncols, next,
+                          i == 0 ? next_panels : 0);
   if (i < g.m)
     row_tail<V, MR, NV>(static_cast<int>(g.m - i), g, g.a + i * g.lda, b, g.c + i * g.ldc + j,
                         bias, g.residual ? g.residual + i * g.ldr + j : nullptr, ncols);
