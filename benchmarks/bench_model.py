@@ -6,6 +6,11 @@
 Groups are "<variant> <device> b<batch> t<threads>"; providers: reference, fused, and on CPU
 onnxruntime / openvino when installed (same weights, pinned to float32 and the same threads).
 CPU settings are the issue's: 1 thread batch 16 (the paper's protocol) and 2 threads batch 1.
+
+Within a group the CPU providers run in ROUNDS interleaved rounds (every provider once per
+round, in turn; tests are ordered provider-fastest) and report.py takes each provider's median
+over its rounds: on a shared machine speed drifts by 10-20% over tens of seconds, and one
+block per provider would put that drift into the ratios.
 """
 import time
 
@@ -18,8 +23,10 @@ from levit_kernels.benchmark import (make_models, onnxruntime_provider, openvino
 VARIANTS = ["LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"]
 CPU_SETTINGS = [(1, 16), (2, 1)]              # (threads, batch)
 PROVIDERS = ["reference", "fused", "onnxruntime", "openvino"]
+ROUNDS = 3
 
-_cache = {}
+_cache = {}        # the models of the current group
+_providers = {}    # the built providers of the current group: building one takes seconds
 
 
 def _setup(variant, device, threads, batch):
@@ -31,7 +38,7 @@ def _setup(variant, device, threads, batch):
     return _cache[key]
 
 
-def _provider(name, reference, fused, images, threads, tmp_path):
+def _build(name, reference, fused, images, threads, tmp_path):
     device = images.device
     if name == "reference":
         return torch_provider(reference, device)
@@ -44,16 +51,26 @@ def _provider(name, reference, fused, images, threads, tmp_path):
     return openvino_provider(reference, images, threads)
 
 
+def _provider(group, name, reference, fused, images, threads, tmp_path):
+    if not any(key[0] == group for key in _providers):
+        _providers.clear()
+    if (group, name) not in _providers:
+        _providers[group, name] = _build(name, reference, fused, images, threads, tmp_path)
+    return _providers[group, name]
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("round_", range(1, ROUNDS + 1), ids=lambda r: f"round{r}")
 @pytest.mark.parametrize("threads,batch", CPU_SETTINGS, ids=[f"t{t}-b{b}" for t, b in CPU_SETTINGS])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_model_cpu(benchmark, variant, threads, batch, provider, tmp_path):
+def test_model_cpu(benchmark, variant, threads, batch, round_, provider, tmp_path):
     reference, fused, images = _setup(variant, "cpu", threads, batch)
-    fn = _provider(provider, reference, fused, images, threads, tmp_path)
-    benchmark.group = f"{variant} cpu b{batch} t{threads}"
-    benchmark.extra_info.update(images=batch, threads=threads)
+    group = f"{variant} cpu b{batch} t{threads}"
+    fn = _provider(group, provider, reference, fused, images, threads, tmp_path)
+    benchmark.group = group
+    benchmark.extra_info.update(images=batch, threads=threads, round=round_)
     with torch.no_grad():
-        benchmark.pedantic(fn, args=(images,), rounds=7, iterations=_iterations(fn, images),
+        benchmark.pedantic(fn, args=(images,), rounds=5, iterations=_iterations(fn, images),
                            warmup_rounds=1)
 
 

@@ -23,12 +23,24 @@ def provider_of(bench):
 
 
 def load_groups(path):
+    """{group: [one entry per provider]}. A provider timed in several interleaved rounds
+    (extra_info "round") becomes one entry whose median is the median of its rounds' medians
+    and whose "rounds" lists them."""
     with open(path) as f:
         data = json.load(f)
     groups = OrderedDict()
     for bench in data["benchmarks"]:
-        groups.setdefault(bench["group"] or bench["name"], []).append(bench)
-    return data, groups
+        entries = groups.setdefault(bench["group"] or bench["name"], OrderedDict())
+        entries.setdefault(provider_of(bench), []).append(bench)
+    merged = OrderedDict()
+    for group, providers in groups.items():
+        merged[group] = []
+        for benches in providers.values():
+            medians = sorted(b["stats"]["median"] for b in benches)
+            entry = dict(benches[0], rounds=medians)
+            entry["stats"] = dict(benches[0]["stats"], median=medians[len(medians) // 2])
+            merged[group].append(entry)
+    return data, merged
 
 
 def markdown(data, groups):
@@ -36,8 +48,8 @@ def markdown(data, groups):
     facts = info.get("levit_kernels", {})
     lines = [f"Measured {data.get('datetime', '?')[:19]} on {facts.get('machine', info.get('cpu', {}).get('brand_raw', '?'))}, "
              f"torch {facts.get('torch', '?')}, CPU ISA {facts.get('cpu isa', '?')}.", "",
-             "| group | provider | median ms | images/s | speed-up vs reference |",
-             "|---|---|---:|---:|---:|"]
+             "| group | provider | median ms | images/s | speed-up vs reference | rounds |",
+             "|---|---|---:|---:|---:|---:|"]
     for group, benches in groups.items():
         base = next((b for b in benches if provider_of(b) == "reference"), None)
         for b in benches:
@@ -45,7 +57,8 @@ def markdown(data, groups):
             images = b.get("extra_info", {}).get("images")
             rate = f"{images / median:.1f}" if images else "-"
             speedup = f"{base['stats']['median'] / median:.2f}x" if base else "-"
-            lines.append(f"| {group} | {provider_of(b)} | {median * 1e3:.3f} | {rate} | {speedup} |")
+            lines.append(f"| {group} | {provider_of(b)} | {median * 1e3:.3f} | {rate} | {speedup} "
+                         f"| {len(b['rounds'])} |")
     return "\n".join(lines)
 
 

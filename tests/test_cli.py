@@ -140,3 +140,24 @@ def test_bad_input_in_process(make_args, message, tmp_path, capsys):
 def test_bench_cuda_without_cuda(capsys):
     assert main(["bench", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_report_merges_interleaved_rounds(tmp_path):
+    """benchmarks/report.py on a pytest-benchmark JSON whose providers ran in rounds: one row
+    per provider, its median over the rounds, the speed-up against the reference's."""
+    def bench(provider, rnd, median):
+        return {"group": "LeViT-128S cpu b1 t2", "name": f"test_model_cpu[{rnd}-{provider}]",
+                "params": {"provider": provider, "round_": rnd},
+                "extra_info": {"images": 1, "round": rnd}, "stats": {"median": median}}
+    data = {"datetime": "2026-11-25T00:00:00", "machine_info": {}, "benchmarks": [
+        bench(p, r, m) for r, (ref, fused) in enumerate([(0.010, 0.004), (0.012, 0.009),
+                                                          (0.011, 0.005)], 1)
+        for p, m in (("reference", ref), ("fused", fused))]}
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(data))
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "report.py")
+    lines = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True,
+                           timeout=60, check=True).stdout.splitlines()
+    rows = [line for line in lines if line.startswith("| LeViT-128S")]
+    assert rows == ["| LeViT-128S cpu b1 t2 | reference | 11.000 | 90.9 | 1.00x | 3 |",
+                    "| LeViT-128S cpu b1 t2 | fused | 5.000 | 200.0 | 2.20x | 3 |"]
