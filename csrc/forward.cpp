@@ -132,44 +132,34 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
   const AttentionLayer& l = a.layer;
   const int64_t n = a.in.rows * a.in.cols, c = l.channels;
   const int64_t h = l.heads, dk = l.dk, dv = l.dv;
-  AttnArgs args{};
-  args.batch = batch, args.heads = h, args.nk = n, args.dk = dk, args.dv = dv;
-  args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
-  args.out = attn;
-  if (l.subsample == 1) {
-    // qkv (B, n, h, 2dk + dv): q, k, v are strided views of it
-    const int64_t width = h * (2 * dk + dv);
-    gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
-                width, nthreads);
-    args.nq = n;
-    args.q = qkv, args.k = qkv + dk, args.v = qkv + 2 * dk;
-    args.q_sb = args.k_sb = args.v_sb = n * width;
-    args.q_sh = args.k_sh = args.v_sh = 2 * dk + dv;
-    args.q_sn = args.k_sn = args.v_sn = width;
-    attention(args, nthreads);
-    gemm_packed(attn, batch * n, h * dv, h * dv, l.proj_packed, c, l.proj_bias, x, c, kActNone, x,
-                c, nthreads);
-    return;
-  }
-  // kv (B, n, h, dk + dv); q (B, nq, h, dk) from the subsampled tokens
-  const int64_t width = h * (dk + dv);
+  const bool shrinking = l.subsample > 1;
+  // qkv (B, n, h, [q |] k | v): self-attention projects q with k and v; k and v (and q) are
+  // strided views of it
+  const int64_t per_head = (shrinking ? 1 : 2) * dk + dv, width = h * per_head;
   gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
               width, nthreads);
-  const int64_t nq = ((a.in.rows - 1) / l.subsample + 1) * ((a.in.cols - 1) / l.subsample + 1);
-  float* tokens = sub;
-  float* q = sub + batch * nq * c;
-  subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, tokens);
-  gemm_packed(tokens, batch * nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0, kActNone, q,
-              h * dk, nthreads);
-  args.nq = nq;
-  args.q = q, args.q_sb = nq * h * dk, args.q_sh = dk, args.q_sn = h * dk;
-  args.k = qkv, args.v = qkv + dk;
-  args.k_sb = args.v_sb = n * width;
-  args.k_sh = args.v_sh = dk + dv;
+  AttnArgs args{};
+  args.batch = batch, args.heads = h, args.nq = n, args.nk = n, args.dk = dk, args.dv = dv;
+  args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
+  args.out = attn;
+  args.k = qkv + (shrinking ? 0 : dk), args.v = args.k + dk;
+  args.k_sb = args.v_sb = n * width, args.k_sh = args.v_sh = per_head;
   args.k_sn = args.v_sn = width;
+  if (shrinking) {  // q (B, nq, h, dk) from the subsampled tokens
+    args.nq = ((a.in.rows - 1) / l.subsample + 1) * ((a.in.cols - 1) / l.subsample + 1);
+    float* q = sub + batch * args.nq * c;
+    subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, sub);
+    gemm_packed(sub, batch * args.nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0, kActNone,
+                q, h * dk, nthreads);
+    args.q = q, args.q_sb = args.nq * h * dk, args.q_sh = dk, args.q_sn = h * dk;
+  } else {
+    args.q = qkv, args.q_sb = n * width, args.q_sh = per_head, args.q_sn = width;
+  }
   attention(args, nthreads);
-  gemm_packed(attn, batch * nq, h * dv, h * dv, l.proj_packed, l.out_channels, l.proj_bias,
-              nullptr, 0, kActNone, next, l.out_channels, nthreads);
+  // self-attention adds the projection into x in place; shrinking writes the next tokens
+  gemm_packed(attn, batch * args.nq, h * dv, h * dv, l.proj_packed, l.out_channels, l.proj_bias,
+              shrinking ? nullptr : x, c, kActNone, shrinking ? next : x, l.out_channels,
+              nthreads);
 }
 
 void Program::run(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
