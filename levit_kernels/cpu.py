@@ -333,8 +333,8 @@ class PackedMlp:
 
 
 class PackedConv:
-    """act(conv2d(x, W, bias, stride, padding)) in NHWC with W packed once (see
-    `conv2d_packed`, which every call goes through: the stem makes four calls per forward)."""
+    """act(conv2d(x, W, bias, stride, padding)) in NHWC with W packed once and checked once,
+    for ForwardProgram.add_conv; a call goes through the full checks of `conv2d_packed`."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
                  padding: int):
