@@ -1,4 +1,4 @@
-"""Build driver: setuptools + CMake + Ninja for the C++ extension `levit_kernels._C`.
+"""Build driver: setuptools + CMake + Ninja for the C++ extension `levit_kernels.ops._C`.
 
 Follows pybind/cmake_example: a CMakeExtension has no sources of its own; build_ext runs
 CMake (configured with pybind11's CMake dir from the pybind11 Python package) and Ninja, and
@@ -80,7 +80,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    ext_modules=[CMakeExtension("levit_kernels._C", sourcedir=str(ROOT))] if BUILD_EXT else [],
+    ext_modules=[CMakeExtension("levit_kernels.ops._C", sourcedir=str(ROOT))] if BUILD_EXT else [],
     cmdclass={"build_ext": CMakeBuild} if BUILD_EXT else {},
     # setuptools.build_meta returns setup_requires from get_requires_for_build_wheel, so pip
     # installs these into the isolated build environment only when they are needed.

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from levit_kernels.benchmark import (make_models, onnxruntime_provider, openvino_provider,
+from levit_kernels.tools.bench import (make_models, onnxruntime_provider, openvino_provider,
                                      torch_provider)
 
 VARIANTS = ["LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"]

@@ -9,5 +9,5 @@ if not torch.cuda.is_available():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from levit_kernels.info import collect
+    from levit_kernels.tools.info import collect
     machine_info["levit_kernels"] = collect()

@@ -91,16 +91,24 @@ void Program::add_attention(const AttentionLayer& l) {
   require(l.subsample > 1 || l.out_channels == l.channels,
           "attention: a self-attention block keeps the width (residual)");
   require(l.subsample == 1 || l.q_packed != nullptr, "attention: shrinking needs q weights");
+  const bool shrinking = l.subsample > 1;
+  auto inside = [&](int64_t offset, int64_t width) {
+    return offset >= 0 && offset + width <= l.head_width;
+  };
+  require(inside(l.k_offset, l.dk) && inside(l.v_offset, l.dv) &&
+              (shrinking || inside(l.q_offset, l.dk)),
+          "attention: q, k and v must lie inside each head's slot of " + str(l.head_width) +
+              " channels");
   tokens_started_ = true;
   const Geometry in{rows_, cols_, channels_};
   const int64_t n = rows_ * cols_;
-  if (l.subsample == 1) {
-    grow(n * l.channels, n * l.heads * (2 * l.dk + l.dv), 0, n * l.heads * l.dv);
+  if (!shrinking) {
+    grow(n * l.channels, n * l.heads * l.head_width, 0, n * l.heads * l.dv);
   } else {
     rows_ = (rows_ - 1) / l.subsample + 1;
     cols_ = (cols_ - 1) / l.subsample + 1;
     const int64_t nq = rows_ * cols_;
-    grow(nq * l.out_channels, n * l.heads * (l.dk + l.dv),
+    grow(nq * l.out_channels, n * l.heads * l.head_width,
          nq * (l.channels + l.heads * l.dk), nq * l.heads * l.dv);
   }
   channels_ = l.out_channels;
@@ -133,16 +141,16 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
   const int64_t n = a.in.rows * a.in.cols, c = l.channels;
   const int64_t h = l.heads, dk = l.dk, dv = l.dv;
   const bool shrinking = l.subsample > 1;
-  // qkv (B, n, h, [q |] k | v): self-attention projects q with k and v; k and v (and q) are
-  // strided views of it
-  const int64_t per_head = (shrinking ? 1 : 2) * dk + dv, width = h * per_head;
+  // qkv (B, n, h, head_width): self-attention projects q with k and v; k and v (and q) are
+  // strided views of it at the slot offsets the layer names
+  const int64_t per_head = l.head_width, width = h * per_head;
   gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
               width, nthreads);
   AttnArgs args{};
   args.batch = batch, args.heads = h, args.nq = n, args.nk = n, args.dk = dk, args.dv = dv;
   args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
   args.out = attn;
-  args.k = qkv + (shrinking ? 0 : dk), args.v = args.k + dk;
+  args.k = qkv + l.k_offset, args.v = qkv + l.v_offset;
   args.k_sb = args.v_sb = n * width, args.k_sh = args.v_sh = per_head;
   args.k_sn = args.v_sn = width;
   if (shrinking) {  // q (B, nq, h, dk) from the subsampled tokens
@@ -153,7 +161,7 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
                 q, h * dk, nthreads);
     args.q = q, args.q_sb = args.nq * h * dk, args.q_sh = dk, args.q_sn = h * dk;
   } else {
-    args.q = qkv, args.q_sb = n * width, args.q_sh = per_head, args.q_sn = width;
+    args.q = qkv + l.q_offset, args.q_sb = n * width, args.q_sh = per_head, args.q_sn = width;
   }
   attention(args, nthreads);
   // self-attention adds the projection into x in place; shrinking writes the next tokens

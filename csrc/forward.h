@@ -26,13 +26,17 @@ struct ConvLayer {
 };
 
 // Self-attention with a residual (subsample == 1):
-//   qkv = x·Wqkvᵀ + b, heads side by side as [q (dk) | k (dk) | v (dv)] per head;
+//   qkv = x·Wqkvᵀ + b, heads side by side, each head's slot of `head_width` channels holding
+//   q (dk), k (dk) and v (dv) at q_offset, k_offset, v_offset;
 //   x  += proj(hardswish(attention(q, k, v, bias)))
 // or shrinking attention (subsample > 1), which changes the token grid and the width:
-//   kv = x·Wkvᵀ + b as [k | v] per head; q from the tokens on every subsample-th grid row
-//   and column; x = proj(hardswish(attention(q, k, v, bias)))  (no residual).
+//   kv = x·Wkvᵀ + b with k and v in each head's slot (q_offset unused); q (heads × dk) from the
+//   tokens on every subsample-th grid row and column; x = proj(hardswish(attention(...))).
+// The slot layout is the model's (levit_kernels/model/levit.py, qkv_layout): the caller passes
+// it, this file does not assume an order.
 struct AttentionLayer {
   int64_t channels, out_channels, heads, dk, dv, subsample;
+  int64_t head_width, q_offset, k_offset, v_offset;
   float scale;
   const float* bias;                       // (heads, nq, nk) contiguous
   const float* qkv_packed;                 // self: qkv; shrinking: kv

@@ -1,14 +1,16 @@
-// bindings.cpp — pybind11 layer for levit_kernels._C. Nothing but argument plumbing.
+// bindings.cpp — pybind11 layer for levit_kernels.ops._C. Nothing but argument plumbing.
 //
 // Every kernel takes raw addresses (Python ints from tensor.data_ptr()), sizes, strides in
-// elements and a thread count, and runs with the GIL released. All validation of shapes,
-// dtypes, devices and strides happens in levit_kernels/cpu.py before an address gets here:
-// this layer trusts its arguments.
+// elements and a thread count, and runs with the GIL released. Every argument is keyword-only
+// and strides travel as tuples named after their layout (`q_strides` = batch, head, token;
+// `nhwc_strides`, `nchw_strides`), so a swapped size or stride cannot pass unnoticed. All
+// validation of shapes, dtypes, devices and strides happens in levit_kernels/ops/cpu.py before
+// an address gets here: this layer trusts its arguments.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include "attention.h"
@@ -17,7 +19,8 @@
 #include "gemm.h"
 
 namespace py = pybind11;
-using levit::AttnArgs;
+using Strides3 = std::array<int64_t, 3>;
+using Strides4 = std::array<int64_t, 4>;
 
 namespace {
 
@@ -36,13 +39,49 @@ void set_isa(const std::string& name) {
 
 void attention(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintptr_t bias,
                std::uintptr_t out, int64_t batch, int64_t heads, int64_t nq, int64_t nk,
-               int64_t dk, int64_t dv, int64_t q_sb, int64_t q_sh, int64_t q_sn, int64_t k_sb,
-               int64_t k_sh, int64_t k_sn, int64_t v_sb, int64_t v_sh, int64_t v_sn, float scale,
-               bool hardswish, bool probs, int nthreads) {
-  AttnArgs a{ptr<const float>(q), ptr<const float>(k), ptr<const float>(v), ptr<const float>(bias),
-             batch, heads, nq, nk, dk, dv, q_sb, q_sh, q_sn, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn,
-             scale, hardswish, probs, ptr<float>(out)};
+               int64_t dk, int64_t dv, Strides3 q_strides, Strides3 k_strides,
+               Strides3 v_strides, float scale, bool hardswish, bool probs, int nthreads) {
+  levit::AttnArgs a{};
+  a.q = ptr<const float>(q), a.k = ptr<const float>(k), a.v = ptr<const float>(v);
+  a.bias = ptr<const float>(bias), a.out = ptr<float>(out);
+  a.batch = batch, a.heads = heads, a.nq = nq, a.nk = nk, a.dk = dk, a.dv = dv;
+  a.q_sb = q_strides[0], a.q_sh = q_strides[1], a.q_sn = q_strides[2];
+  a.k_sb = k_strides[0], a.k_sh = k_strides[1], a.k_sn = k_strides[2];
+  a.v_sb = v_strides[0], a.v_sh = v_strides[1], a.v_sn = v_strides[2];
+  a.scale = scale, a.hardswish = hardswish, a.probs = probs;
   levit::attention(a, nthreads);
+}
+
+void conv2d_packed(std::uintptr_t x, int64_t batch, int64_t height, int64_t width,
+                   int64_t channels, Strides4 nhwc_strides, int64_t kernel_h, int64_t kernel_w,
+                   int64_t stride, int64_t pad, std::uintptr_t packed, int64_t cout,
+                   std::uintptr_t bias, int act, std::uintptr_t out, int nthreads) {
+  levit::ConvArgs a{};
+  a.x = ptr<const float>(x), a.batch = batch, a.h = height, a.w = width, a.cin = channels;
+  a.sb = nhwc_strides[0], a.sh = nhwc_strides[1], a.sw = nhwc_strides[2];
+  a.sc = nhwc_strides[3];
+  a.kh = kernel_h, a.kw = kernel_w, a.stride = stride, a.pad = pad;
+  a.packed = ptr<const float>(packed), a.cout = cout, a.bias = ptr<const float>(bias);
+  a.act = act, a.out = ptr<float>(out);
+  levit::conv2d_packed(a, nthreads);
+}
+
+levit::AttentionLayer attention_layer(int64_t channels, int64_t out_channels, int64_t heads,
+                                      int64_t dk, int64_t dv, int64_t subsample,
+                                      int64_t head_width, int64_t q_offset, int64_t k_offset,
+                                      int64_t v_offset, float scale, std::uintptr_t bias,
+                                      std::uintptr_t qkv_packed, std::uintptr_t qkv_bias,
+                                      std::uintptr_t q_packed, std::uintptr_t q_bias,
+                                      std::uintptr_t proj_packed, std::uintptr_t proj_bias) {
+  levit::AttentionLayer l{};
+  l.channels = channels, l.out_channels = out_channels, l.heads = heads, l.dk = dk, l.dv = dv;
+  l.subsample = subsample, l.head_width = head_width;
+  l.q_offset = q_offset, l.k_offset = k_offset, l.v_offset = v_offset, l.scale = scale;
+  l.bias = ptr<const float>(bias);
+  l.qkv_packed = ptr<const float>(qkv_packed), l.qkv_bias = ptr<const float>(qkv_bias);
+  l.q_packed = ptr<const float>(q_packed), l.q_bias = ptr<const float>(q_bias);
+  l.proj_packed = ptr<const float>(proj_packed), l.proj_bias = ptr<const float>(proj_bias);
+  return l;
 }
 
 }  // namespace
@@ -50,6 +89,7 @@ void attention(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, std::uintpt
 PYBIND11_MODULE(_C, m) {
   m.doc() = "levit_kernels CPU kernels (raw-pointer interface; use levit_kernels.cpu)";
   using release = py::call_guard<py::gil_scoped_release>;
+  const auto kw = py::kw_only();
 
   m.def("isa", [] { return std::string(levit::isa_name(levit::active_isa())); },
         "The instruction-set path the kernels use now: 'avx512', 'avx2' or 'generic'.");
@@ -57,22 +97,27 @@ PYBIND11_MODULE(_C, m) {
   m.def("available_isas", &levit::available_isas, "Paths this CPU supports, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Switch the kernel path at run time (ValueError if the CPU lacks it).");
+  // Facts the Python side reads from here rather than writing them again.
   m.attr("PANEL") = levit::kPanel;
+  py::dict acts;
+  acts["none"] = static_cast<int>(levit::kActNone);
+  acts["hardswish"] = static_cast<int>(levit::kActHardswish);
+  m.attr("ACTIVATIONS") = acts;
 
-  m.def("attention", &attention, release(), py::arg("q"), py::arg("k"), py::arg("v"),
+  m.def("attention", &attention, release(), kw, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("bias"), py::arg("out"), py::arg("batch"), py::arg("heads"), py::arg("nq"),
-        py::arg("nk"), py::arg("dk"), py::arg("dv"), py::arg("q_sb"), py::arg("q_sh"),
-        py::arg("q_sn"), py::arg("k_sb"), py::arg("k_sh"), py::arg("k_sn"), py::arg("v_sb"),
-        py::arg("v_sh"), py::arg("v_sn"), py::arg("scale"), py::arg("hardswish"),
-        py::arg("probs"), py::arg("nthreads"));
+        py::arg("nk"), py::arg("dk"), py::arg("dv"), py::arg("q_strides"), py::arg("k_strides"),
+        py::arg("v_strides"), py::arg("scale"), py::arg("hardswish"), py::arg("probs"),
+        py::arg("nthreads"),
+        "Fused attention (attention.h); strides are (batch, head, token) in elements.");
 
-  m.def("packed_numel", &levit::packed_numel, py::arg("n"), py::arg("k"));
+  m.def("packed_numel", &levit::packed_numel, kw, py::arg("n"), py::arg("k"));
   m.def(
       "pack_weight",
       [](std::uintptr_t w, int64_t n, int64_t k, int64_t ldw, std::uintptr_t packed, int nthreads) {
         levit::pack_weight(ptr<const float>(w), n, k, ldw, ptr<float>(packed), nthreads);
       },
-      release(), py::arg("w"), py::arg("n"), py::arg("k"), py::arg("ldw"), py::arg("packed"),
+      release(), kw, py::arg("w"), py::arg("n"), py::arg("k"), py::arg("ldw"), py::arg("packed"),
       py::arg("nthreads"));
   m.def(
       "gemm_packed",
@@ -83,24 +128,15 @@ PYBIND11_MODULE(_C, m) {
                            ptr<const float>(bias), ptr<const float>(residual), ldr, act,
                            ptr<float>(out), ldo, nthreads);
       },
-      release(), py::arg("x"), py::arg("m"), py::arg("k"), py::arg("ldx"), py::arg("packed"),
+      release(), kw, py::arg("x"), py::arg("m"), py::arg("k"), py::arg("ldx"), py::arg("packed"),
       py::arg("n"), py::arg("bias"), py::arg("residual"), py::arg("ldr"), py::arg("act"),
       py::arg("out"), py::arg("ldo"), py::arg("nthreads"));
-  m.def(
-      "conv2d_packed",
-      [](std::uintptr_t x, int64_t batch, int64_t h, int64_t w, int64_t cin, int64_t sb,
-         int64_t sh, int64_t sw, int64_t sc, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
-         std::uintptr_t packed, int64_t cout, std::uintptr_t bias, int act, std::uintptr_t out,
-         int nthreads) {
-        levit::ConvArgs a{ptr<const float>(x), batch, h, w, cin, sb, sh, sw, sc, kh, kw, stride,
-                          pad, ptr<const float>(packed), cout, ptr<const float>(bias), act,
-                          ptr<float>(out)};
-        levit::conv2d_packed(a, nthreads);
-      },
-      release(), py::arg("x"), py::arg("batch"), py::arg("h"), py::arg("w"), py::arg("cin"),
-      py::arg("sb"), py::arg("sh"), py::arg("sw"), py::arg("sc"), py::arg("kh"), py::arg("kw"),
-      py::arg("stride"), py::arg("pad"), py::arg("packed"), py::arg("cout"), py::arg("bias"),
-      py::arg("act"), py::arg("out"), py::arg("nthreads"));
+  m.def("conv2d_packed", &conv2d_packed, release(), kw, py::arg("x"), py::arg("batch"),
+        py::arg("height"), py::arg("width"), py::arg("channels"), py::arg("nhwc_strides"),
+        py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride"), py::arg("pad"),
+        py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("act"), py::arg("out"),
+        py::arg("nthreads"),
+        "NHWC convolution (gemm.h); nhwc_strides are (batch, row, column, channel).");
   m.def(
       "mlp_packed",
       [](std::uintptr_t x, int64_t m, int64_t c, int64_t ldx, std::uintptr_t w1p,
@@ -110,14 +146,14 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const float>(b1), ch, ptr<const float>(w2p), ptr<const float>(b2),
                           ptr<float>(out), nthreads);
       },
-      release(), py::arg("x"), py::arg("m"), py::arg("c"), py::arg("ldx"), py::arg("w1p"),
+      release(), kw, py::arg("x"), py::arg("m"), py::arg("c"), py::arg("ldx"), py::arg("w1p"),
       py::arg("b1"), py::arg("ch"), py::arg("w2p"), py::arg("b2"), py::arg("out"),
       py::arg("nthreads"));
 
-  // A whole fused forward in one call (forward.h). Layers are added as keyword arguments;
-  // the weights' addresses must stay valid for the Program's life (FusedPlan keeps them).
+  // A whole fused forward in one call (forward.h). The weights' addresses must stay valid for
+  // the Program's life (levit_kernels.cpu.ForwardProgram keeps the tensors).
   py::class_<levit::Program>(m, "Program")
-      .def(py::init<int64_t, int64_t, int64_t>(), py::arg("in_channels"), py::arg("height"),
+      .def(py::init<int64_t, int64_t, int64_t>(), kw, py::arg("in_channels"), py::arg("height"),
            py::arg("width"))
       .def(
           "add_conv",
@@ -126,24 +162,12 @@ PYBIND11_MODULE(_C, m) {
             p.add_conv({ptr<const float>(packed), ptr<const float>(bias), cin, cout, kernel,
                         stride, pad, act});
           },
-          py::arg("packed"), py::arg("bias"), py::arg("cin"), py::arg("cout"), py::arg("kernel"),
-          py::arg("stride"), py::arg("pad"), py::arg("act"))
+          kw, py::arg("packed"), py::arg("bias"), py::arg("cin"), py::arg("cout"),
+          py::arg("kernel"), py::arg("stride"), py::arg("pad"), py::arg("act"))
       .def(
           "add_attention",
-          [](levit::Program& p, int64_t channels, int64_t out_channels, int64_t heads, int64_t dk,
-             int64_t dv, int64_t subsample, float scale, std::uintptr_t bias,
-             std::uintptr_t qkv_packed, std::uintptr_t qkv_bias, std::uintptr_t q_packed,
-             std::uintptr_t q_bias, std::uintptr_t proj_packed, std::uintptr_t proj_bias) {
-            p.add_attention({channels, out_channels, heads, dk, dv, subsample, scale,
-                             ptr<const float>(bias), ptr<const float>(qkv_packed),
-                             ptr<const float>(qkv_bias), ptr<const float>(q_packed),
-                             ptr<const float>(q_bias), ptr<const float>(proj_packed),
-                             ptr<const float>(proj_bias)});
-          },
-          py::arg("channels"), py::arg("out_channels"), py::arg("heads"), py::arg("dk"),
-          py::arg("dv"), py::arg("subsample"), py::arg("scale"), py::arg("bias"),
-          py::arg("qkv_packed"), py::arg("qkv_bias"), py::arg("q_packed"), py::arg("q_bias"),
-          py::arg("proj_packed"), py::arg("proj_bias"))
+          [](levit::Program& p, const levit::AttentionLayer& layer) { p.add_attention(layer); },
+          py::arg("layer"))
       .def(
           "add_mlp",
           [](levit::Program& p, int64_t channels, int64_t hidden, std::uintptr_t w1_packed,
@@ -151,28 +175,37 @@ PYBIND11_MODULE(_C, m) {
             p.add_mlp({channels, hidden, ptr<const float>(w1_packed), ptr<const float>(b1),
                        ptr<const float>(w2_packed), ptr<const float>(b2)});
           },
-          py::arg("channels"), py::arg("hidden"), py::arg("w1_packed"), py::arg("b1"),
+          kw, py::arg("channels"), py::arg("hidden"), py::arg("w1_packed"), py::arg("b1"),
           py::arg("w2_packed"), py::arg("b2"))
       .def(
           "set_head",
           [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t classes) {
             p.set_head(ptr<const float>(packed), ptr<const float>(bias), classes);
           },
-          py::arg("packed"), py::arg("bias"), py::arg("classes"))
+          kw, py::arg("packed"), py::arg("bias"), py::arg("classes"))
       .def_property_readonly("rows", &levit::Program::rows)
       .def_property_readonly("cols", &levit::Program::cols)
       .def_property_readonly("channels", &levit::Program::channels)
       .def_property_readonly("output_features", &levit::Program::output_features)
-      .def("workspace_floats", &levit::Program::workspace_floats, py::arg("batch"))
+      .def("workspace_floats", &levit::Program::workspace_floats, kw, py::arg("batch"))
       .def(
           "run",
-          [](const levit::Program& p, std::uintptr_t images, int64_t batch, int64_t sb,
-             int64_t sc, int64_t sh, int64_t sw, std::uintptr_t workspace, std::uintptr_t out,
-             int nthreads) {
-            p.run(ptr<const float>(images), batch, sb, sc, sh, sw, ptr<float>(workspace),
-                  ptr<float>(out), nthreads);
+          [](const levit::Program& p, std::uintptr_t images, int64_t batch,
+             Strides4 nchw_strides, std::uintptr_t workspace, std::uintptr_t out, int nthreads) {
+            p.run(ptr<const float>(images), batch, nchw_strides[0], nchw_strides[1],
+                  nchw_strides[2], nchw_strides[3], ptr<float>(workspace), ptr<float>(out),
+                  nthreads);
           },
-          release(), py::arg("images"), py::arg("batch"), py::arg("sb"), py::arg("sc"),
-          py::arg("sh"), py::arg("sw"), py::arg("workspace"), py::arg("out"),
-          py::arg("nthreads"));
+          release(), kw, py::arg("images"), py::arg("batch"), py::arg("nchw_strides"),
+          py::arg("workspace"), py::arg("out"), py::arg("nthreads"),
+          "Images (batch, C, H, W) given by nchw_strides (batch, channel, row, column).");
+
+  // An attention layer for Program.add_attention, built from keyword arguments only.
+  py::class_<levit::AttentionLayer>(m, "AttentionLayer")
+      .def(py::init(&attention_layer), kw, py::arg("channels"), py::arg("out_channels"),
+           py::arg("heads"), py::arg("dk"), py::arg("dv"), py::arg("subsample"),
+           py::arg("head_width"), py::arg("q_offset"), py::arg("k_offset"), py::arg("v_offset"),
+           py::arg("scale"), py::arg("bias"), py::arg("qkv_packed"), py::arg("qkv_bias"),
+           py::arg("q_packed"), py::arg("q_bias"), py::arg("proj_packed"),
+           py::arg("proj_bias"));
 }

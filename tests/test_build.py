@@ -11,9 +11,9 @@ import pytest
 
 def test_extension_is_built():
     try:
-        C = importlib.import_module("levit_kernels._C")
+        C = importlib.import_module("levit_kernels.ops._C")
     except ImportError as exc:  # a clear failure, naming the fix
-        pytest.fail(f"levit_kernels._C did not build/import ({exc}); "
+        pytest.fail(f"levit_kernels.ops._C did not build/import ({exc}); "
                     "run `pip install --no-build-isolation -e .`")
     assert C.isa() in C.available_isas()
     assert "generic" in C.available_isas()
@@ -32,7 +32,7 @@ def test_package_metadata():
 
 def _isa_in_subprocess(value):
     env = dict(os.environ, LEVIT_CPU_ISA=value)
-    code = "import levit_kernels._C as C; print(C.isa()); print(C.isa_note())"
+    code = "import levit_kernels.ops._C as C; print(C.isa()); print(C.isa_note())"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                          capture_output=True, text=True).stdout.splitlines()
     return out[0], out[1]
@@ -44,13 +44,13 @@ def test_env_override_selects_generic():
 
 
 def test_env_override_bad_value_falls_back_with_reason():
-    from levit_kernels import _C
+    from levit_kernels.ops import _C
     isa, note = _isa_in_subprocess("sse9")
     assert isa == _C.available_isas()[0]
     assert "sse9" in note
 
 
 def test_set_isa_rejects_unknown():
-    from levit_kernels import _C
+    from levit_kernels.ops import _C
     with pytest.raises(ValueError):
         _C.set_isa("sse9")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from levit_kernels import LeViT, cpu
-from levit_kernels.cli import main
+from levit_kernels.tools.cli import main
 
 
 def run_cli(*args):

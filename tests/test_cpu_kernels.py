@@ -21,7 +21,7 @@ import torch
 from levit_kernels import cpu, reference as ref
 from levit_testing import CPU_ISAS, assert_close, isa, threads  # noqa: F401  (fixtures)
 
-C = pytest.importorskip("levit_kernels._C")  # test_build.py fails loudly if it is missing
+C = pytest.importorskip("levit_kernels.ops._C")  # test_build.py fails loudly if it is missing
 
 def qkv_views(b, h, n_q, n_k, dk, dv, shrink=False):
     """q, k, v as permuted slices of packed projections, like LeViT's forward pass."""
@@ -164,8 +164,10 @@ def test_gemm_writes_only_its_output(mkn, isa, threads):
     out_buf = torch.full((m + 2, n + pad), float("nan"))
     out = out_buf[1:m + 1, :n]
     packed = cpu.pack_weight(w)
-    C.gemm_packed(x.data_ptr(), m, k, k, packed.data_ptr(), n, b.data_ptr(), res.data_ptr(),
-                  n + pad, 1, out.data_ptr(), n + pad, torch.get_num_threads())
+    C.gemm_packed(x=x.data_ptr(), m=m, k=k, ldx=k, packed=packed.data_ptr(), n=n,
+                  bias=b.data_ptr(), residual=res.data_ptr(), ldr=n + pad,
+                  act=C.ACTIVATIONS["hardswish"], out=out.data_ptr(), ldo=n + pad,
+                  nthreads=torch.get_num_threads())
     assert_close(out, ref.linear(x, w, b, res, "hardswish"))
     guard = torch.ones_like(out_buf, dtype=torch.bool)
     guard[1:m + 1, :n] = False
@@ -181,9 +183,10 @@ def test_attention_writes_only_its_output(shape, isa, threads):
     size = b * n_q * h * dv
     buf = torch.full((size + 64,), float("nan"))
     out = buf[32:32 + size]
-    C.attention(q.data_ptr(), k.data_ptr(), v.data_ptr(), bias.data_ptr(), out.data_ptr(), b, h,
-                n_q, n_k, dk, dv, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], 0.3, True,
-                False, torch.get_num_threads())
+    C.attention(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), bias=bias.data_ptr(),
+                out=out.data_ptr(), batch=b, heads=h, nq=n_q, nk=n_k, dk=dk, dv=dv,
+                q_strides=q.stride()[:3], k_strides=k.stride()[:3], v_strides=v.stride()[:3],
+                scale=0.3, hardswish=True, probs=False, nthreads=torch.get_num_threads())
     assert_close(out.view(b, n_q, h * dv), ref.attention(q, k, v, bias, 0.3, True))
     assert buf[:32].isnan().all() and buf[32 + size:].isnan().all()
 

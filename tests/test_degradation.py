@@ -90,7 +90,7 @@ def _check_no_extension(report):
 
 
 def test_without_the_extension_module():
-    stdout, _ = run_python(NO_EXTENSION_CHECKS, block=["levit_kernels._C"])
+    stdout, _ = run_python(NO_EXTENSION_CHECKS, block=["levit_kernels.ops._C"])
     _check_no_extension(_report(stdout))
 
 
@@ -123,7 +123,7 @@ try:
 except ImportError as exc:
     assert "pip install triton" in str(exc), exc
 try:   # what an op on a CUDA tensor meets first (no CUDA tensor is needed to get there)
-    ops._kernels(torch.device("cuda"))
+    ops.launchers(torch.device("cuda"))
     raise SystemExit("no error without triton")
 except RuntimeError as exc:
     assert "Triton" in str(exc) and "pip install triton" in str(exc), exc
@@ -179,8 +179,8 @@ def test_info_reports_versions_isa_threads_and_availability(capsys):
 
 
 def test_cli_info_in_a_fresh_process_without_the_extension():
-    code = "from levit_kernels.cli import main\nsys.exit(main(['info']))\n"
-    stdout, stderr = run_python(code, block=["levit_kernels._C"])
+    code = "from levit_kernels.tools.cli import main\nsys.exit(main(['info']))\n"
+    stdout, stderr = run_python(code, block=["levit_kernels.ops._C"])
     assert "Traceback" not in stderr
     # "key<padding>  value" per line; keys themselves contain single spaces.
     lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in stdout.splitlines()

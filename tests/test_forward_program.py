@@ -10,7 +10,9 @@ import threading
 import pytest
 import torch
 
-from levit_kernels import LeViT, cpu, fused
+from levit_kernels import LeViT, cpu
+from levit_kernels.model.levit import slot_offsets
+from levit_kernels.model.plan import Launchers
 
 from levit_testing import randomize_
 
@@ -22,22 +24,16 @@ def rel_err(a, b):
 
 
 def model_and_plan(variant="LeViT-128S", **kwargs):
-    model = randomize_(LeViT(variant, fused=True, **kwargs)).eval()
-    size = model.img_size
-    with torch.no_grad():
-        plan = fused.get_plan(model, torch.zeros(1, 3, *size))
+    model = randomize_(LeViT(variant, fused=True, **kwargs)).eval()   # eval() builds the plan
+    plan = model._plan
     assert plan.program is not None
     return model, plan
 
 
 def layer_by_layer(plan, images):
-    """The same plan with the program switched off: one launcher call per layer."""
-    program, plan.program = plan.program, None
-    try:
-        with torch.no_grad():
-            return plan.forward(images)
-    finally:
-        plan.program = program
+    """The same plan run by the launchers backend: one launcher call per layer."""
+    with torch.no_grad():
+        return Launchers(plan.device).run(plan, images)
 
 
 @pytest.mark.parametrize("variant,kwargs", [
@@ -145,6 +141,9 @@ def linear(n_in, n_out):
     return cpu.PackedLinear(torch.randn(n_out, n_in), torch.randn(n_out))
 
 
+SELF_SLOT = slot_offsets({"q": 4, "k": 4, "v": 8})   # LeViT's [q | k | v] with Dk 4, Dv 8
+
+
 def test_conv_with_the_wrong_input_channels():
     program = stem()
     with pytest.raises(ValueError, match="conv: expected 8 input channels, got 3"):
@@ -185,13 +184,24 @@ def test_attention_that_does_not_fit(part, match):
     proj = linear(8 if part == "proj" else 16, 8)
     bias = torch.randn(heads, 256, 255 if part == "bias" else 256)
     with pytest.raises(ValueError, match=match):
-        stem().add_attention(qkv, proj, bias, heads, dk, dv, 0.5)
+        stem().add_attention(qkv, proj, bias, heads, dk, dv, 0.5, SELF_SLOT)
+
+
+@pytest.mark.parametrize("offsets,match", [
+    ({"q": 0, "k": 4}, r"offsets: expected the offsets of \['k', 'q', 'v'\]"),
+    ({"q": 0, "k": 4, "v": 9}, "q, k and v must lie inside each head's slot of 16 channels"),
+    ({"q": -1, "k": 4, "v": 8}, "q, k and v must lie inside each head's slot"),
+])
+def test_attention_slot_offsets_are_checked(offsets, match):
+    with pytest.raises(ValueError, match=match):
+        stem().add_attention(linear(8, 32), linear(16, 8), torch.randn(2, 256, 256), 2, 4, 8,
+                             0.5, offsets)
 
 
 def test_shrinking_attention_needs_q():
     with pytest.raises(ValueError, match="q: shrinking attention"):
         stem().add_attention(linear(8, 24), linear(16, 12), torch.randn(2, 64, 256), 2, 4, 8,
-                             0.5, subsample=2)
+                             0.5, {"k": 0, "v": 4}, subsample=2)
 
 
 def test_head_of_the_wrong_width():
@@ -212,19 +222,23 @@ def test_a_hand_built_program_equals_the_launchers():
     bias_self, bias_shrink = torch.randn(heads, 256, 256), torch.randn(heads, 64, 256)
     program = cpu.ForwardProgram(3, 32, 32)
     program.add_conv(conv, "hardswish")
-    program.add_attention(qkv, proj, bias_self, heads, dk, dv, 0.5)
-    program.add_attention(kv, proj2, bias_shrink, heads, dk, dv, 0.5, q=q, subsample=2)
+    # Slots in another order than LeViT's ([v | q | k] and [v | k]): the program must take
+    # the offsets it is given.
+    program.add_attention(qkv, proj, bias_self, heads, dk, dv, 0.5,
+                          {"v": 0, "q": dv, "k": dv + dk})
+    program.add_attention(kv, proj2, bias_shrink, heads, dk, dv, 0.5, {"v": 0, "k": dv}, q=q,
+                          subsample=2)
     program.add_mlp(mlp)
     program.set_head(head)
 
     images = torch.randn(3, 3, 32, 32)
     x = conv(images.permute(0, 2, 3, 1), "hardswish").reshape(3, 256, 8)
     t = qkv(x).view(3, 256, heads, 2 * dk + dv).permute(0, 2, 1, 3)
-    a = cpu.attention(t[..., :dk], t[..., dk:2 * dk], t[..., 2 * dk:], bias_self, 0.5, True)
+    a = cpu.attention(t[..., dv:dv + dk], t[..., dv + dk:], t[..., :dv], bias_self, 0.5, True)
     x = proj(a, residual=x)
     t = kv(x).view(3, 256, heads, dk + dv).permute(0, 2, 1, 3)
     x_sub = x.view(3, 16, 16, 8)[:, ::2, ::2].reshape(3, 64, 8)
     q_sub = q(x_sub).view(3, 64, heads, dk).permute(0, 2, 1, 3)
-    x = proj2(cpu.attention(q_sub, t[..., :dk], t[..., dk:], bias_shrink, 0.5, True))
+    x = proj2(cpu.attention(q_sub, t[..., dv:], t[..., :dv], bias_shrink, 0.5, True))
     expected = head(mlp(x).mean(dim=1))
     assert rel_err(program(images), expected) <= 1e-5

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from levit_kernels import LeViT, cpu, load_checkpoint
-from levit_kernels.checkpoint import resize_attention_biases
+from levit_kernels.model.checkpoint import resize_attention_biases
 
 from levit_testing import randomize_
 
@@ -149,7 +149,7 @@ def test_cache_after_a_training_forward():
 
 
 def _replace_head(model):
-    from levit_kernels.model import NormLinear
+    from levit_kernels.model.levit import NormLinear
     g = torch.Generator().manual_seed(5)
     head = randomize_(NormLinear(model.head.linear.in_features, 1000), g).eval()
     model.head = head

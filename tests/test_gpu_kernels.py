@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from levit_kernels import gpu, reference
-from levit_kernels.config import VARIANTS
+from levit_kernels.model.config import VARIANTS
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

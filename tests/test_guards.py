@@ -84,37 +84,44 @@ def nthreads(request):
         yield request.param
 
 if cpu.is_available():
-    from levit_kernels import _C as C
+    from levit_kernels.ops import _C as C
 else:
     C = None
 needs_extension = pytest.mark.skipif(C is None, reason="CPU extension not built")
+
+
+def packed_shape(n, k):
+    """The shape cpu.pack_weight gives an (n, k) weight: (ceil(n / PANEL), k, PANEL)."""
+    return (-(-n // cpu.PANEL), k, cpu.PANEL)
 
 
 # ---------------------------------------------------------------- GEMM with every epilogue
 def _gemm_case(m, n, k, nthreads, g):
     x = rows(m, k, 3, torch.randn(m, k, generator=g))
     w = torch.randn(n, k, generator=g) / math.sqrt(k)
-    packed = Poisoned(((n + 15) // 16, k, 16), fill=cpu.pack_weight(w))
+    packed = Poisoned(packed_shape(n, k), fill=cpu.pack_weight(w))
     bias = Poisoned((n,), fill=torch.randn(n, generator=g))
     res_values = torch.randn(m, n, generator=g)
     for use_bias in (False, True):
         for use_res in (False, True, "alias"):
-            for act in (0, 1):
+            for act in C.ACTIVATIONS.values():
                 out = rows(m, n, 7)
                 if use_res == "alias":          # gemm.h: out may alias residual (ldr == ldo)
                     out.view.copy_(res_values)
                     res, ldr = out, n + 7
                 else:
                     res, ldr = rows(m, n, 5, res_values), n + 5
-                C.gemm_packed(x.ptr(), m, k, k + 3, packed.ptr(), n,
-                              bias.ptr() if use_bias else 0, res.ptr() if use_res else 0, ldr,
-                              act, out.ptr(), n + 7, nthreads)
+                C.gemm_packed(x=x.ptr(), m=m, k=k, ldx=k + 3, packed=packed.ptr(), n=n,
+                              bias=bias.ptr() if use_bias else 0,
+                              residual=res.ptr() if use_res else 0, ldr=ldr, act=act,
+                              out=out.ptr(), ldo=n + 7, nthreads=nthreads)
                 what = (f"gemm_packed(m={m}, n={n}, k={k}, bias={use_bias}, "
                         f"residual={use_res}, act={act})")
                 out.assert_untouched_outside(what)
                 expected = ref.linear(x.view, w, bias.view if use_bias else None,
                                       res_values if use_res else None,
-                                      "hardswish" if act else "none")
+                                      "hardswish" if act == C.ACTIVATIONS["hardswish"]
+                                      else "none")
                 try:
                     assert_close(out.view, expected)
                 except AssertionError as exc:
@@ -141,11 +148,11 @@ def test_mlp_writes_only_its_output_at_every_tail(isa, nthreads):
         w2 = torch.randn(c, ch, generator=g) / math.sqrt(ch)
         b1 = Poisoned((ch,), fill=torch.randn(ch, generator=g))
         b2 = Poisoned((c,), fill=torch.randn(c, generator=g))
-        w1p = Poisoned(((ch + 15) // 16, c, 16), fill=cpu.pack_weight(w1))
-        w2p = Poisoned(((c + 15) // 16, ch, 16), fill=cpu.pack_weight(w2))
+        w1p = Poisoned(packed_shape(ch, c), fill=cpu.pack_weight(w1))
+        w2p = Poisoned(packed_shape(c, ch), fill=cpu.pack_weight(w2))
         out = Poisoned((m, c))
-        C.mlp_packed(x.ptr(), m, c, c + 5, w1p.ptr(), b1.ptr(), ch, w2p.ptr(), b2.ptr(),
-                     out.ptr(), nthreads)
+        C.mlp_packed(x=x.ptr(), m=m, c=c, ldx=c + 5, w1p=w1p.ptr(), b1=b1.ptr(), ch=ch,
+                     w2p=w2p.ptr(), b2=b2.ptr(), out=out.ptr(), nthreads=nthreads)
         what = f"mlp_packed(m={m}, c={c}, ch={ch})"
         out.assert_untouched_outside(what)
         try:
@@ -159,14 +166,14 @@ def test_pack_weight_writes_exactly_its_panels(nthreads):
     g = torch.Generator().manual_seed(3)
     for n, k in PACK_SIZES:
         w = rows(n, k, 2, torch.randn(n, k, generator=g))
-        panels = (n + 15) // 16
-        packed = Poisoned((panels, k, 16))
-        C.pack_weight(w.ptr(), n, k, k + 2, packed.ptr(), nthreads)
+        packed = Poisoned(packed_shape(n, k))
+        panels, _, panel = packed_shape(n, k)
+        C.pack_weight(w=w.ptr(), n=n, k=k, ldw=k + 2, packed=packed.ptr(), nthreads=nthreads)
         packed.assert_untouched_outside(f"pack_weight(n={n}, k={k})")
-        # packed[p, k, c] = W[16p + c, k], zero past N.
-        padded = torch.zeros(panels * 16, k)
+        # packed[p, k, c] = W[PANEL·p + c, k], zero past N.
+        padded = torch.zeros(panels * panel, k)
         padded[:n] = w.view
-        expected = padded.view(panels, 16, k).transpose(1, 2)
+        expected = padded.view(panels, panel, k).transpose(1, 2)
         assert torch.equal(packed.view, expected), f"pack_weight(n={n}, k={k}): wrong layout"
 
 
@@ -196,11 +203,12 @@ def _attention_case(n_q, n_k, d_k, d_v, nthreads, g):
         for hardswish in ((False,) if probs else (False, True)):
             shape = (batch, heads, n_q, n_k) if probs else (batch, n_q, heads * d_v)
             out = Poisoned(shape)
-            C.attention(q.data_ptr(), k.data_ptr(), 0 if probs else v.data_ptr(), bias.ptr(),
-                        out.ptr(), batch, heads, n_q, n_k, d_k, 0 if probs else d_v,
-                        *q.stride()[:3], *k.stride()[:3],
-                        *((0, 0, 0) if probs else v.stride()[:3]), scale, hardswish, probs,
-                        nthreads)
+            C.attention(q=q.data_ptr(), k=k.data_ptr(), v=0 if probs else v.data_ptr(),
+                        bias=bias.ptr(), out=out.ptr(), batch=batch, heads=heads, nq=n_q,
+                        nk=n_k, dk=d_k, dv=0 if probs else d_v, q_strides=q.stride()[:3],
+                        k_strides=k.stride()[:3],
+                        v_strides=(0, 0, 0) if probs else v.stride()[:3], scale=scale,
+                        hardswish=hardswish, probs=probs, nthreads=nthreads)
             what = (f"attention(Nq={n_q}, Nk={n_k}, Dk={d_k}, Dv={d_v}, probs={probs}, "
                     f"hardswish={hardswish})")
             out.assert_untouched_outside(what)

@@ -4,7 +4,7 @@ import torch
 
 import levit_kernels
 from levit_kernels import LeViT, VARIANTS, create_model, load_checkpoint, multiply_adds
-from levit_kernels.config import canonical_name
+from levit_kernels.model.config import canonical_name
 
 from levit_testing import randomize_, timm_to_original
 
@@ -78,7 +78,7 @@ def test_training_returns_both_heads_eval_returns_their_mean():
 
 
 def test_drop_path_is_active_only_in_training():
-    from levit_kernels.model import drop_path
+    from levit_kernels.model.levit import drop_path
     assert LeViT("384").config.drop_path == 0.1
     x = torch.ones(1000, 3)
     assert torch.equal(drop_path(x, 0.1, training=False), x)

@@ -457,27 +457,36 @@ bool check_program(int nthreads) {
     const int64_t s = kind == 1 ? 1 : uniform(2, 3);
     const int64_t rows = (t.rows - 1) / s + 1, cols = (t.cols - 1) / s + 1, nq = rows * cols;
     const int64_t out_c = s == 1 ? t.c : dim(24);
-    const int64_t width = heads * ((s == 1 ? 2 : 1) * dk + dv);
+    // Each head's slot holds [q | k | v] (or [k | v]) in a random order: the program must
+    // read the offsets it is given, not assume the model's order.
+    const int64_t per_head = (s == 1 ? 2 : 1) * dk + dv, width = heads * per_head;
+    int64_t q_off = 0, k_off = 0, v_off = 0;
+    {
+      std::vector<std::pair<int64_t*, int64_t>> parts = {{&k_off, dk}, {&v_off, dv}};
+      if (s == 1) parts.push_back({&q_off, dk});
+      std::shuffle(parts.begin(), parts.end(), rng);
+      int64_t offset = 0;
+      for (auto& [where, size] : parts) *where = offset, offset += size;
+    }
     const float *qkv_w = weight(width, t.c), *qkv_b = kept(random_vec(width));
     const float *q_w = s == 1 ? nullptr : weight(heads * dk, t.c);
     const float *q_b = s == 1 ? nullptr : kept(random_vec(heads * dk));
     const float *proj_w = weight(out_c, heads * dv), *proj_b = kept(random_vec(out_c));
     const float* table = kept(random_vec(heads * nq * n));
     const float scale = 0.5f;
-    program.add_attention({t.c, out_c, heads, dk, dv, s, scale, table, qkv_w, qkv_b, q_w, q_b,
-                           proj_w, proj_b});
+    program.add_attention({t.c, out_c, heads, dk, dv, s, per_head, q_off, k_off, v_off, scale,
+                           table, qkv_w, qkv_b, q_w, q_b, proj_w, proj_b});
     std::vector<float> qkv(static_cast<size_t>(m * width));
     levit::gemm_packed(t.x.data(), m, t.c, t.c, qkv_w, width, qkv_b, nullptr, 0,
                        levit::kActNone, qkv.data(), width, nthreads);
-    const int64_t per_head = width / heads;
     levit::AttnArgs a{};
     a.batch = batch, a.heads = heads, a.nq = nq, a.nk = n, a.dk = dk, a.dv = dv;
     a.bias = table, a.scale = scale, a.hardswish = true, a.probs = false;
-    a.k = qkv.data() + (s == 1 ? dk : 0), a.v = a.k + dk;
+    a.k = qkv.data() + k_off, a.v = qkv.data() + v_off;
     a.k_sb = a.v_sb = n * width, a.k_sh = a.v_sh = per_head, a.k_sn = a.v_sn = width;
     std::vector<float> q;
     if (s == 1) {
-      a.q = qkv.data(), a.q_sb = n * width, a.q_sh = per_head, a.q_sn = width;
+      a.q = qkv.data() + q_off, a.q_sb = n * width, a.q_sh = per_head, a.q_sn = width;
     } else {
       std::vector<float> sub;
       for (int64_t b = 0; b < batch; ++b)

@@ -8,20 +8,25 @@ a bad call fails identically under torch.compile, on meta tensors and on real on
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .extension import PANEL, unavailable_reason
+from .reference import ACTIVATIONS
+
 CPU_DTYPES = (torch.float32,)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-ACTIVATIONS = ("none", "hardswish")
+# What the registered ops take on each device type: {device type: dtypes}. Meta tensors
+# (shape-only calls of the fake implementations) may have any dtype a real device takes.
+OP_DTYPES = {"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES,
+             "meta": tuple(dict.fromkeys(CPU_DTYPES + CUDA_DTYPES))}
 # Kernels index with 32-bit offsets on the GPU; CPU kernels use 64-bit but share the limit so
 # that both paths accept exactly the same inputs. It bounds every input's element count and the
 # largest offset its strides reach (a small view into a huge buffer is indexed from the view's
 # start, so the span counts, not the buffer), every output and every intermediate a kernel or
 # the reference materialises.
 MAX_NUMEL = 2**31 - 1
-PANEL = 16  # width of the packed weight panels (csrc/gemm.h kPanel; levit_kernels.cpu.PANEL)
 
 
 def _fail(exc, name, msg):
@@ -51,17 +56,23 @@ def check_tensor(t, name: str, ndim: Optional[int] = None, min_ndim: Optional[in
                                 f"{t.stride()} (pass a view of a row-major tensor)")
 
 
-def check_same(tensors: Sequence[Tuple[str, Optional[torch.Tensor]]]) -> None:
-    """All given tensors on one device, one dtype, and that dtype supported on that device."""
+def check_same(tensors: Sequence[Tuple[str, Optional[torch.Tensor]]],
+               allowed: Mapping[str, Sequence[torch.dtype]] = OP_DTYPES,
+               devices: str = "") -> None:
+    """All given tensors on one device and of one dtype, both among `allowed` ({device type:
+    dtypes}; the ops' table by default). `devices` phrases the allowed devices for the error
+    (default: their names)."""
     present = [(n, t) for n, t in tensors if t is not None]
     first_name, first = present[0]
-    # The first tensor's dtype first: for x float64 with float32 weights the message should
-    # blame x's dtype, not say that the weights should have been float64.
-    if first.device.type != "meta":
-        allowed = CUDA_DTYPES if first.device.type == "cuda" else CPU_DTYPES
-        if first.dtype not in allowed:
-            _fail(TypeError, first_name, f"expected dtype in {[str(d) for d in allowed]} on "
-                                         f"{first.device.type}, got {first.dtype}")
+    # The first tensor's device and dtype first: for x float64 with float32 weights the
+    # message should blame x's dtype, not say that the weights should have been float64.
+    if first.device.type not in allowed:
+        wanted = devices or " or ".join(allowed) + " tensors"
+        _fail(ValueError, first_name, f"expected {wanted}, got device {first.device}")
+    dtypes = allowed[first.device.type]
+    if first.dtype not in dtypes:
+        _fail(TypeError, first_name, f"expected dtype in {[str(d) for d in dtypes]} on "
+                                     f"{first.device.type}, got {first.dtype}")
     for name, t in present[1:]:
         if t.device != first.device:
             _fail(ValueError, name, f"expected device {first.device} (like {first_name}), "
@@ -94,7 +105,7 @@ def check_scale(scale) -> float:
 
 
 def check_attention(q, k, v, bias, *, probs: bool = False,
-                    device_dtypes: bool = True) -> Tuple[int, ...]:
+                    allowed: Mapping = OP_DTYPES, devices: str = "") -> Tuple[int, ...]:
     """q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv) (None for probs=True), bias (H,Nq,Nk).
 
     Returns (B, H, Nq, Nk, Dk, Dv) with Dv = 0 for probs=True.
@@ -106,8 +117,6 @@ def check_attention(q, k, v, bias, *, probs: bool = False,
     else:
         check_tensor(v, "v", ndim=4)
     check_tensor(bias, "bias", ndim=3)
-    if device_dtypes:
-        check_same([("q", q), ("k", k), ("v", v), ("bias", bias)])
     batch, heads, n_q, d_k = q.shape
     n_k = k.shape[2]
     if tuple(k.shape) != (batch, heads, n_k, d_k):
@@ -126,11 +135,14 @@ def check_attention(q, k, v, bias, *, probs: bool = False,
         check_numel((batch, heads, n_q, n_k), "q, k", "the output (B, H, Nq, Nk) =")
     else:
         check_numel((batch, n_q, heads * d_v), "q, v", "the output (B, Nq, H*Dv) =")
+    check_same([("q", q), ("k", k), ("v", v), ("bias", bias)], allowed, devices)
     return batch, heads, n_q, n_k, d_k, d_v
 
 
 def check_packed(packed, name: str, out_features, in_features: int) -> None:
-    """A weight from levit_kernels.cpu.pack_weight: (ceil(N/16), K, 16) contiguous."""
+    """A weight from levit_kernels.cpu.pack_weight: (ceil(N/PANEL), K, PANEL) contiguous."""
+    if PANEL is None:    # packed weights come from the extension, and so does their layout
+        raise RuntimeError(unavailable_reason())
     check_tensor(packed, name, ndim=3)
     # SymInt: under torch.compile(dynamic=True) the sizes taken from b1/b2 are symbolic.
     if (isinstance(out_features, bool) or not isinstance(out_features, (int, torch.SymInt))
@@ -161,7 +173,7 @@ def check_bias(bias, n_out: int) -> None:
 
 
 def check_linear(x, weight, bias, residual, activation, *, out_features: Optional[int] = None,
-                 device_dtypes: bool = True) -> Tuple[int, int]:
+                 allowed: Mapping = OP_DTYPES, devices: str = "") -> Tuple[int, int]:
     """x (..., K), weight (N, K) (or a packed weight, named packed_weight, when out_features
     is given), bias (N,) or None, residual (..., N) or None. Returns (K, N)."""
     check_tensor(x, "x", min_ndim=1)
@@ -188,12 +200,13 @@ def check_linear(x, weight, bias, residual, activation, *, out_features: Optiona
             _fail(ValueError, "residual", f"expected shape {expected}, got "
                                           f"{tuple(residual.shape)}")
     check_numel(tuple(x.shape[:-1]) + (n_out,), f"x, {weight_name}", "the output (..., N) =")
-    if device_dtypes:
-        check_same([("x", x), (weight_name, weight), ("bias", bias), ("residual", residual)])
+    check_same([("x", x), (weight_name, weight), ("bias", bias), ("residual", residual)],
+               allowed, devices)
     return k_in, n_out
 
 
-def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, device_dtypes: bool = True):
+def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, allowed: Mapping = OP_DTYPES,
+              devices: str = ""):
     """x (..., C), w1 (Ch, C), b1 (Ch,), w2 (C, Ch), b2 (C,). Returns (C, Ch).
 
     With packed=True the weights (named w1_packed, w2_packed) come from cpu.pack_weight and
@@ -231,6 +244,6 @@ def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, device_dtypes: bool = 
     # path (the CPU kernel keeps it in row blocks, but both paths accept the same inputs).
     check_numel(tuple(x.shape[:-1]) + (hidden,), f"x, {w1_name}",
                 "the hidden activation (..., Ch) =")
-    if device_dtypes:
-        check_same([("x", x), (w1_name, w1), ("b1", b1), (w2_name, w2), ("b2", b2)])
+    check_same([("x", x), (w1_name, w1), ("b1", b1), (w2_name, w2), ("b2", b2)], allowed,
+               devices)
     return channels, hidden

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from .. import ops
 
 ROWS = ["LayerNorm / BatchNorm", "Q/K projection", "V projection", "QK^T (+bias, softmax)",
         "attention x V", "attention projection", "MLP"]
@@ -74,7 +74,7 @@ def reference_rows(channels, heads, d_k, d_v, mlp_ratio, norm: str) -> Dict[str,
 
 def fused_rows(channels, heads, d_k, d_v, mlp_ratio) -> Dict[str, float]:
     """Time what the fused block runs: 4 calls, each covering one or more table rows."""
-    from . import cpu
+    from ..ops import cpu
     t = _block_tensors(channels, heads, d_k, d_v, mlp_ratio)
     x, n = t["x"], t["x"].shape[1]
     w_qkv = torch.cat([t["w_qk"], t["w_v"]])

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .model import LeViT
+from ..model import LeViT
 
 PEERS = ("onnxruntime", "openvino")
 

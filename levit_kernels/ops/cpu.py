@@ -1,67 +1,47 @@
-"""CPU launchers: the levit_kernels op signatures on top of the compiled `_C` kernels.
+"""CPU launchers: the levit_kernels op signatures on top of the compiled kernels in csrc/.
 
-Every function validates its inputs with levit_kernels/checks.py (the checks the ops and the
-GPU launchers use: dtype float32, CPU device, ranks, shapes, unit stride on the last dim where
-the kernel reads in place, 32-bit sizes) and raises TypeError/ValueError naming the argument,
+    attention / attention_probs   csrc/attention.cpp   reference.attention / attention_probs
+    linear / linear_packed        csrc/gemm.cpp        reference.linear
+    mlp / mlp_packed              csrc/gemm.cpp        reference.mlp
+    conv2d_packed                 csrc/conv.cpp        F.conv2d (+ Hardswish), in NHWC
+    ForwardProgram                csrc/forward.cpp     the fused LeViT forward, one call
+
+Every function validates its inputs with ops/checks.py (the checks the registered ops and the
+GPU launchers use: dtype, CPU device, ranks, shapes, unit stride on the last dim where the
+kernel reads in place, 32-bit sizes) and raises TypeError/ValueError naming the argument,
 before anything is copied or allocated and before any raw address is handed to the C++
-kernels in csrc/ (which trust their arguments). Empty inputs get the reference's answer. q/k/v are never
-copied: the attention kernel reads them through their strides. Threads: the kernels use
+kernels (which trust their arguments). Empty inputs get the reference's answer. q/k/v are
+never copied: the attention kernel reads them through their strides. Threads: the kernels use
 `torch.get_num_threads()` threads, read at every call.
 
 Pre-packed weights: LeViT's weights are constants at inference, so `pack_weight` rearranges a
-(N, K) weight once into (ceil(N/16), K, 16) zero-padded column panels (the layout does not
-depend on the ISA path, so a packed weight stays valid after `set_isa`), and
+(N, K) weight once into (ceil(N/PANEL), K, PANEL) zero-padded column panels (the layout does
+not depend on the ISA path, so a packed weight stays valid after `set_isa`), and
 `linear_packed`/`mlp_packed` use it directly. `linear`/`mlp` pack on every call.
 """
 from __future__ import annotations
 
 import threading
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import torch
 
 from . import checks, reference
-
-try:
-    from . import _C
-except ImportError as exc:  # pragma: no cover - exercised only in pure-Python installs
-    _C = None
-    _IMPORT_ERROR = exc
-else:
-    _IMPORT_ERROR = None
+from .extension import ACTIVATION_CODES, PANEL, is_available, lib as _lib, unavailable_reason
 
 __all__ = [
     "attention", "attention_probs", "linear", "mlp", "pack_weight", "linear_packed", "mlp_packed",
     "pack_conv_weight", "conv2d_packed", "PackedLinear", "PackedMlp", "PackedConv",
-    "ForwardProgram",
-    "is_available", "isa", "set_isa", "available_isas",
+    "ForwardProgram", "PANEL",
+    "is_available", "unavailable_reason", "isa", "set_isa", "available_isas",
 ]
 
-PANEL = checks.PANEL  # packed panel width (csrc/gemm.h kPanel)
-_ACTS = {"none": 0, "hardswish": 1}
+# What these launchers take (checks.check_same): CPU tensors of the CPU dtypes.
+CPU_ONLY = {"cpu": checks.CPU_DTYPES}
+ON_CPU = "a CPU tensor"
 
 
-# ---------------------------------------------------------------- availability / ISA switch
-def is_available() -> bool:
-    """True when the compiled extension `levit_kernels._C` is importable."""
-    return _C is not None
-
-
-def unavailable_reason() -> str:
-    """Why the extension is missing and how to build it ('' when it is available)."""
-    if _C is not None:
-        return ""
-    return (f"levit_kernels._C (the compiled CPU kernels) is not available: {_IMPORT_ERROR}. "
-            "Reinstall with `pip install --no-build-isolation -e .` (needs a C++17 compiler, "
-            "cmake and pybind11; LEVIT_BUILD_EXT must not be 0).")
-
-
-def _lib():
-    if _C is None:
-        raise RuntimeError(unavailable_reason())
-    return _C
-
-
+# ---------------------------------------------------------------- ISA switch
 def isa() -> str:
     """The active CPU path: 'avx512', 'avx2' or 'generic'."""
     return _lib().isa()
@@ -78,26 +58,24 @@ def set_isa(name: str) -> None:
 
 
 # ---------------------------------------------------------------- validation helpers
-def _cpu(t, name: str) -> None:
-    """After check_same (all tensors on t's device, in a dtype allowed there): on the CPU."""
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: expected a CPU tensor, got device {t.device}")
-
-
 def _act(activation) -> int:
     checks.check_activation(activation)
-    return _ACTS[activation]
+    return ACTIVATION_CODES[activation]
+
+
+def _address(t: Optional[torch.Tensor]) -> int:
+    """A tensor's address for the kernels, 0 for an absent optional one."""
+    return 0 if t is None else t.data_ptr()
 
 
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _float32_cpu(t, name: str, **dims) -> None:
-    """check_tensor plus float32 on the CPU, for tensors that are checked alone."""
+def _cpu_tensor(t, name: str, **dims) -> None:
+    """check_tensor plus a CPU dtype on the CPU, for tensors that are checked alone."""
     checks.check_tensor(t, name, **dims)
-    checks.check_same([(name, t)])
-    _cpu(t, name)
+    checks.check_same([(name, t)], CPU_ONLY, ON_CPU)
 
 
 def _any_strides(t, name: str):
@@ -111,22 +89,20 @@ def _any_strides(t, name: str):
 
 # ---------------------------------------------------------------- attention
 def _attention(q, k, v, bias, scale, hardswish: bool, probs: bool) -> torch.Tensor:
-    batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias, probs=probs)
-    _cpu(q, "q")
+    batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias, probs=probs,
+                                                              allowed=CPU_ONLY, devices=ON_CPU)
     scale = checks.check_scale(scale)
     if batch * heads * n_q * n_k * d_k * (1 if probs else d_v) == 0:
         if probs:
             return reference.attention_probs(q, k, bias, scale).contiguous()
         return reference.attention(q, k, v, bias, scale, hardswish).contiguous()
     bias = bias.contiguous()
-    if probs:
-        out = torch.empty((batch, heads, n_q, n_k), dtype=torch.float32)
-    else:
-        out = torch.empty((batch, n_q, heads * d_v), dtype=torch.float32)
-    vs = (0, 0, 0) if probs else v.stride()[:3]
-    _lib().attention(q.data_ptr(), k.data_ptr(), 0 if probs else v.data_ptr(), bias.data_ptr(),
-                     out.data_ptr(), batch, heads, n_q, n_k, d_k, d_v, *q.stride()[:3],
-                     *k.stride()[:3], *vs, scale, bool(hardswish), probs, _threads())
+    out = q.new_empty((batch, heads, n_q, n_k) if probs else (batch, n_q, heads * d_v))
+    _lib().attention(q=q.data_ptr(), k=k.data_ptr(), v=0 if probs else v.data_ptr(),
+                     bias=bias.data_ptr(), out=out.data_ptr(), batch=batch, heads=heads, nq=n_q,
+                     nk=n_k, dk=d_k, dv=d_v, q_strides=q.stride()[:3], k_strides=k.stride()[:3],
+                     v_strides=(0, 0, 0) if probs else v.stride()[:3], scale=scale,
+                     hardswish=bool(hardswish), probs=probs, nthreads=_threads())
     return out
 
 
@@ -148,15 +124,17 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
 
 # ---------------------------------------------------------------- linear / mlp
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Pack a (N, K) weight into (ceil(N/16), K, 16) zero-padded panels (ISA-independent)."""
-    _float32_cpu(weight, "weight", ndim=2, unit_last_stride=False)
+    """Pack a (N, K) weight into (ceil(N/PANEL), K, PANEL) zero-padded panels (the same for
+    every ISA path)."""
+    _cpu_tensor(weight, "weight", ndim=2, unit_last_stride=False)
     n, k = weight.shape
     if n < 1 or k < 1:
         raise ValueError(f"weight: expected both dimensions >= 1, got shape {tuple(weight.shape)}")
     if weight.stride(1) != 1 and k > 1:
         weight = weight.contiguous()
-    packed = torch.empty(((n + PANEL - 1) // PANEL, k, PANEL), dtype=torch.float32)
-    _lib().pack_weight(weight.data_ptr(), n, k, weight.stride(0), packed.data_ptr(), _threads())
+    packed = weight.new_empty(((n + PANEL - 1) // PANEL, k, PANEL))
+    _lib().pack_weight(w=weight.data_ptr(), n=n, k=k, ldw=weight.stride(0),
+                       packed=packed.data_ptr(), nthreads=_threads())
     return packed
 
 
@@ -166,10 +144,9 @@ def _gemm(x, packed, n: int, bias, residual, act: int) -> torch.Tensor:
     out = x.new_empty(x.shape[:-1] + (n,))
     m = x.numel() // k
     if m:
-        _lib().gemm_packed(x.data_ptr(), m, k, k, packed.data_ptr(), n,
-                           0 if bias is None else bias.data_ptr(),
-                           0 if residual is None else residual.data_ptr(), n, act,
-                           out.data_ptr(), n, _threads())
+        _lib().gemm_packed(x=x.data_ptr(), m=m, k=k, ldx=k, packed=packed.data_ptr(), n=n,
+                           bias=_address(bias), residual=_address(residual), ldr=n, act=act,
+                           out=out.data_ptr(), ldo=n, nthreads=_threads())
     return out
 
 
@@ -177,8 +154,8 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, out_features: int,
                   bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
                   activation: str = "none") -> torch.Tensor:
     """act(x·Wᵀ + bias) + residual with W pre-packed by `pack_weight`."""
-    checks.check_linear(x, packed, bias, residual, activation, out_features=out_features)
-    _cpu(x, "x")
+    checks.check_linear(x, packed, bias, residual, activation, out_features=out_features,
+                        allowed=CPU_ONLY, devices=ON_CPU)
     return _gemm(x.contiguous(), packed, out_features, None if bias is None else bias.contiguous(),
                  None if residual is None else residual.contiguous(), _act(activation))
 
@@ -189,8 +166,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     may have any strides (they are copied, after their sizes are checked)."""
     x, weight, bias, residual = (_any_strides(t, name) for t, name in (
         (x, "x"), (weight, "weight"), (bias, "bias"), (residual, "residual")))
-    k_in, n_out = checks.check_linear(x, weight, bias, residual, activation)
-    _cpu(x, "x")
+    k_in, n_out = checks.check_linear(x, weight, bias, residual, activation, allowed=CPU_ONLY,
+                                      devices=ON_CPU)
     if x.numel() == 0 or k_in == 0 or n_out == 0:
         return reference.linear(x, weight, bias, residual, activation).contiguous()
     return linear_packed(x, pack_weight(weight), n_out, bias, residual, activation)
@@ -202,9 +179,10 @@ def _mlp(x, w1_packed, b1, w2_packed, b2) -> torch.Tensor:
     out = x.new_empty(x.shape)
     m = x.numel() // channels
     if m:
-        _lib().mlp_packed(x.data_ptr(), m, channels, channels, w1_packed.data_ptr(),
-                          b1.data_ptr(), hidden, w2_packed.data_ptr(), b2.data_ptr(),
-                          out.data_ptr(), _threads())
+        _lib().mlp_packed(x=x.data_ptr(), m=m, c=channels, ldx=channels,
+                          w1p=w1_packed.data_ptr(), b1=b1.data_ptr(), ch=hidden,
+                          w2p=w2_packed.data_ptr(), b2=b2.data_ptr(), out=out.data_ptr(),
+                          nthreads=_threads())
     return out
 
 
@@ -214,8 +192,8 @@ def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
 
     The hidden sizes come from b1 (Ch,) and b2 (C,).
     """
-    checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
-    _cpu(x, "x")
+    checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True, allowed=CPU_ONLY,
+                     devices=ON_CPU)
     return _mlp(x.contiguous(), w1_packed, b1.contiguous(), w2_packed, b2.contiguous())
 
 
@@ -223,8 +201,7 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor) -> torch.Tensor:
     """LeViT's residual MLP x + hardswish(x·w1ᵀ + b1)·w2ᵀ + b2 in one call."""
     x = _any_strides(x, "x")
-    channels, hidden = checks.check_mlp(x, w1, b1, w2, b2)
-    _cpu(x, "x")
+    channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=CPU_ONLY, devices=ON_CPU)
     if x.numel() == 0 or channels == 0 or hidden == 0:
         return reference.mlp(x, w1, b1, w2, b2).contiguous()
     return mlp_packed(x, pack_weight(w1), b1, pack_weight(w2), b2)
@@ -234,7 +211,7 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
 def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Pack a conv weight (Cout, Cin, kh, kw) for `conv2d_packed`: the (Cout, kh·kw·Cin)
     matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight."""
-    _float32_cpu(weight, "weight", ndim=4, unit_last_stride=False)
+    _cpu_tensor(weight, "weight", ndim=4, unit_last_stride=False)
     return pack_weight(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
 
 
@@ -270,22 +247,22 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
                          f"padding {padding}")
     checks.check_packed(packed, "packed", out_channels, kh * kw * cin)
     checks.check_bias(bias, out_channels)
-    checks.check_same([("x", x), ("packed", packed), ("bias", bias)])
-    _cpu(x, "x")
+    checks.check_same([("x", x), ("packed", packed), ("bias", bias)], CPU_ONLY, ON_CPU)
     checks.check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")
-    out = torch.empty((batch, ho, wo, out_channels), dtype=torch.float32)
+    out = x.new_empty((batch, ho, wo, out_channels))
     if out.numel() == 0:
         return out
-    b = None if bias is None else bias.contiguous()
-    _lib().conv2d_packed(x.data_ptr(), batch, h, w, cin, *x.stride(), kh, kw, stride, padding,
-                         packed.data_ptr(), out_channels, 0 if b is None else b.data_ptr(), act,
-                         out.data_ptr(), _threads())
+    _lib().conv2d_packed(x=x.data_ptr(), batch=batch, height=h, width=w, channels=cin,
+                         nhwc_strides=x.stride(), kernel_h=kh, kernel_w=kw, stride=stride,
+                         pad=padding, packed=packed.data_ptr(), cout=out_channels,
+                         bias=_address(None if bias is None else bias.contiguous()), act=act,
+                         out=out.data_ptr(), nthreads=_threads())
     return out
 
 
 # ---------------------------------------------------------------- prepared layers
-# The fused model calls a kernel ~50 times per forward with constant weights; checking those
-# weights on every call costs ~4 us each (a few % of a batch-1 forward). These hold a weight
+# The fused model calls a kernel ~50 times per forward with constant weights, and checking
+# those weights on every call is a visible part of a batch-1 forward. These hold a weight
 # packed and checked once, and take a fast path for activations that are already contiguous
 # float32 CPU tensors of the right width; anything else goes through the full checks.
 def _ready(x, features: int) -> bool:
@@ -309,10 +286,10 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                  activation: str = "none") -> torch.Tensor:
         n = self.out_features
-        if (_ready(x, self.in_features) and activation in _ACTS
+        if (_ready(x, self.in_features) and activation in ACTIVATION_CODES
                 and (residual is None or (_ready(residual, n)
                                           and residual.shape[:-1] == x.shape[:-1]))):
-            return _gemm(x, self.packed, n, self.bias, residual, _ACTS[activation])
+            return _gemm(x, self.packed, n, self.bias, residual, ACTIVATION_CODES[activation])
         return linear_packed(x, self.packed, n, self.bias, residual, activation)
 
 
@@ -338,7 +315,7 @@ class PackedConv:
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
                  padding: int):
-        _float32_cpu(weight, "weight", ndim=4, unit_last_stride=False)
+        _cpu_tensor(weight, "weight", ndim=4, unit_last_stride=False)
         self.out_channels, self.in_channels, kh, kw = weight.shape
         if kh != kw:
             raise ValueError(f"weight: expected a square kernel, got shape {tuple(weight.shape)}")
@@ -352,25 +329,22 @@ class PackedConv:
                              self.padding, self.bias, activation)
 
 
-def _address(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 class ForwardProgram:
     """A whole fused LeViT forward as one C++ call (csrc/forward.h): the stem, every attention
     and MLP layer, the mean over tokens and the classifier, with activations in one workspace.
-    At batch 1 this saves the ~0.8 ms that ~50 separate launches from Python cost.
+    At batch 1 it saves what ~50 separate launches from Python would cost
+    (benchmarks/README.md).
 
     Built from prepared layers (PackedConv, PackedLinear, PackedMlp: weights already packed
     and checked) in forward order; each `add_*` checks that the layer fits the ones before it.
     The program holds the layers, so the weights it points at live as long as it does."""
 
     def __init__(self, in_channels: int, height: int, width: int):
-        self._program = _lib().Program(in_channels, height, width)
+        self._program = _lib().Program(in_channels=in_channels, height=height, width=width)
         self.in_channels, self.height, self.width = in_channels, height, width
         self._layers: list = []   # keeps every tensor the program has an address of alive
         # The workspace is kept between calls: allocated afresh, its tens of MB come back from
-        # the OS as new pages and every forward pays their page faults (~10% at batch 16).
+        # the OS as new pages and every forward pays their page faults.
         # A call that finds it in use (another Python thread) allocates its own.
         self._workspace = torch.empty(0, dtype=torch.float32)
         self._workspace_lock = threading.Lock()
@@ -380,22 +354,32 @@ class ForwardProgram:
         return self._program.output_features
 
     def add_conv(self, conv: PackedConv, activation: str) -> None:
-        self._program.add_conv(conv.packed.data_ptr(), _address(conv.bias), conv.in_channels,
-                               conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                               _act(activation))
+        self._program.add_conv(packed=conv.packed.data_ptr(), bias=_address(conv.bias),
+                               cin=conv.in_channels, cout=conv.out_channels,
+                               kernel=conv.kernel_size, stride=conv.stride, pad=conv.padding,
+                               act=_act(activation))
         self._layers.append(conv)
 
     def add_attention(self, qkv: PackedLinear, proj: PackedLinear, bias: torch.Tensor,
                       heads: int, key_dim: int, val_dim: int, scale: float,
-                      q: Optional[PackedLinear] = None, subsample: int = 1) -> None:
-        """Self-attention (qkv: heads × [q | k | v], residual) or, with q and subsample > 1,
-        shrinking attention (qkv is the kv projection: heads × [k | v])."""
+                      offsets: Mapping[str, int], q: Optional[PackedLinear] = None,
+                      subsample: int = 1) -> None:
+        """Self-attention with a residual, or with q and subsample > 1 shrinking attention.
+
+        qkv projects every head's slot of qkv.out_features / heads channels; `offsets` says
+        where q, k and v (self-attention) or k and v (shrinking: qkv is the kv projection, q
+        its own) start inside a slot, as the model lays its projection out."""
         p, shrinking = self._program, subsample > 1
         rows, cols, channels = p.rows, p.cols, p.channels
         n_k = rows * cols
         n_q = ((rows - 1) // subsample + 1) * ((cols - 1) // subsample + 1)
+        parts = {"k": key_dim, "v": val_dim} if shrinking else {"q": key_dim, "k": key_dim,
+                                                                "v": val_dim}
+        if set(offsets) != set(parts):
+            raise ValueError(f"offsets: expected the offsets of {sorted(parts)}, got "
+                             f"{dict(offsets)}")
         expected = [("qkv", qkv.in_features, channels),
-                    ("qkv", qkv.out_features, heads * ((1 if shrinking else 2) * key_dim + val_dim)),
+                    ("qkv", qkv.out_features, heads * sum(parts.values())),
                     ("proj", proj.in_features, heads * val_dim)]
         if shrinking:
             if q is None:
@@ -404,34 +388,39 @@ class ForwardProgram:
         for name, got, want in expected:
             if got != want:
                 raise ValueError(f"{name}: expected {want} features here, got {got}")
-        _float32_cpu(bias, "bias", ndim=3)
+        _cpu_tensor(bias, "bias", ndim=3)
         if tuple(bias.shape) != (heads, n_q, n_k):
             raise ValueError(f"bias: expected shape (H={heads}, Nq={n_q}, Nk={n_k}) for the "
                              f"{rows}x{cols} token grid, got {tuple(bias.shape)}")
         bias = bias.contiguous()
-        p.add_attention(channels, proj.out_features, heads, key_dim, val_dim, subsample,
-                        checks.check_scale(scale), bias.data_ptr(), qkv.packed.data_ptr(),
-                        _address(qkv.bias), 0 if q is None else q.packed.data_ptr(),
-                        _address(None if q is None else q.bias), proj.packed.data_ptr(),
-                        _address(proj.bias))
+        p.add_attention(_lib().AttentionLayer(
+            channels=channels, out_channels=proj.out_features, heads=heads, dk=key_dim,
+            dv=val_dim, subsample=subsample, head_width=qkv.out_features // heads,
+            q_offset=offsets.get("q", 0), k_offset=offsets["k"], v_offset=offsets["v"],
+            scale=checks.check_scale(scale), bias=bias.data_ptr(), qkv_packed=qkv.packed.data_ptr(),
+            qkv_bias=_address(qkv.bias), q_packed=0 if q is None else q.packed.data_ptr(),
+            q_bias=_address(None if q is None else q.bias), proj_packed=proj.packed.data_ptr(),
+            proj_bias=_address(proj.bias)))
         self._layers.append((qkv, proj, bias, q))
 
     def add_mlp(self, mlp: PackedMlp) -> None:
         fc1, fc2 = mlp.fc1, mlp.fc2
-        self._program.add_mlp(mlp.channels, fc1.out_features, fc1.packed.data_ptr(),
-                              fc1.bias.data_ptr(), fc2.packed.data_ptr(), fc2.bias.data_ptr())
+        self._program.add_mlp(channels=mlp.channels, hidden=fc1.out_features,
+                              w1_packed=fc1.packed.data_ptr(), b1=fc1.bias.data_ptr(),
+                              w2_packed=fc2.packed.data_ptr(), b2=fc2.bias.data_ptr())
         self._layers.append(mlp)
 
     def set_head(self, head: PackedLinear) -> None:
         if head.in_features != self._program.channels:
             raise ValueError(f"head: expected {self._program.channels} input features, got "
                              f"{head.in_features}")
-        self._program.set_head(head.packed.data_ptr(), _address(head.bias), head.out_features)
+        self._program.set_head(packed=head.packed.data_ptr(), bias=_address(head.bias),
+                               classes=head.out_features)
         self._layers.append(head)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32 CPU images of any strides -> (B, output_features)."""
-        _float32_cpu(images, "images", ndim=4, unit_last_stride=False)
+        _cpu_tensor(images, "images", ndim=4, unit_last_stride=False)
         expected = (self.in_channels, self.height, self.width)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"images: expected shape (B, {', '.join(map(str, expected))}), "
@@ -440,7 +429,7 @@ class ForwardProgram:
         out = torch.empty((batch, self.output_features), dtype=torch.float32)
         if batch == 0:
             return out
-        floats = self._program.workspace_floats(batch)   # bounded: batches run in chunks
+        floats = self._program.workspace_floats(batch=batch)   # bounded: batches run in chunks
         if not self._workspace_lock.acquire(blocking=False):
             self._run(images, torch.empty(floats, dtype=torch.float32), out)
             return out
@@ -453,5 +442,6 @@ class ForwardProgram:
         return out
 
     def _run(self, images, workspace, out) -> None:
-        self._program.run(images.data_ptr(), images.shape[0], *images.stride(),
-                          workspace.data_ptr(), out.data_ptr(), _threads())
+        self._program.run(images=images.data_ptr(), batch=images.shape[0],
+                          nchw_strides=images.stride(), workspace=workspace.data_ptr(),
+                          out=out.data_ptr(), nthreads=_threads())

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import VARIANTS, canonical_name, multiply_adds
+from ..model.config import VARIANTS, canonical_name, multiply_adds
 
 
 class UsageError(Exception):
@@ -76,7 +76,7 @@ def _output_file(text: str) -> str:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import format_table, run_benchmark
+    from .bench import format_table, run_benchmark
     if args.paper:          # the paper's Table 3 protocol
         if args.device == "cpu":
             args.threads, args.batch, args.dtype = 1, 16, "float32"
@@ -113,7 +113,7 @@ def cmd_profile(args) -> int:
 
 def cmd_biases(args) -> int:
     from .biases import plot_bias_maps
-    from .checkpoint import create_model
+    from ..model import create_model
     try:
         model = create_model(args.variant, checkpoint=args.checkpoint, img_size=args.img_size)
     except FileNotFoundError:
@@ -139,7 +139,7 @@ def cmd_biases(args) -> int:
 
 def cmd_summary(args) -> int:
     import torch
-    from .model import LeViT
+    from ..model import LeViT
     print(f"{'variant':<12} {'params':>12} {'paper params':>13} {'MACs (M)':>9} "
           f"{'paper MACs (M)':>15}")
     for name, cfg in VARIANTS.items():

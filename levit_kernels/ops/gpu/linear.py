@@ -2,7 +2,8 @@
 #
 #   linear: out = act(x @ W^T + b) + residual, act in {none, hardswish}; x (..., K), W (N, K).
 #   mlp:    out = x + hardswish(x @ W1^T + b1) @ W2^T + b2            (LeViT's residual MLP)
-#   Math: levit_kernels/reference.py::linear / mlp.
+#   Math: levit_kernels/ops/reference.py::linear / mlp (the oracle); the CPU kernels of the
+#   same ops are csrc/gemm_kernel.h and csrc/gemm.cpp (mlp_packed).
 #
 # Memory plan (linear). x is viewed as (M, K) with M = all leading dims. A program owns a
 # (BLOCK_M, BLOCK_N) output tile: it streams BLOCK_K slices of x and W through SRAM into an
@@ -29,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .attention import _check_inputs, _check_out, _dot, _interpreting
+from .common import GPU_DEVICES, check_out, dot, gpu_dtypes, interpreting
 
 
 @triton.jit
@@ -62,7 +63,7 @@ def _linear_kernel(X, W, Bias, Res, Out, M, N, K, stride_xm, stride_wn, stride_r
         mask_k = offs_k < K - k0
         x = tl.load(x_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        acc += _dot(x, w, IEEE)
+        acc += dot(x, w, IEEE)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if HAS_BIAS:
@@ -93,12 +94,12 @@ def _mlp_fused_kernel(X, W1, B1, W2, B2, Out, M, C, CH, stride_xm, stride_w1, st
         mask_h = offs_h < CH
         w1t = tl.load(W1 + offs_h[None, :] * stride_w1 + offs_c[:, None],
                       mask=mask_c[:, None] & mask_h[None, :], other=0.0)      # (BLOCK_C, BLOCK_H)
-        hid = _dot(x, w1t, IEEE)
+        hid = dot(x, w1t, IEEE)
         hid += tl.load(B1 + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
         hid = _hardswish(hid)       # padded hidden columns are hardswish(0) = 0
         w2t = tl.load(W2 + offs_c[None, :] * stride_w2 + offs_h[:, None],
                       mask=mask_h[:, None] & mask_c[None, :], other=0.0)      # (BLOCK_H, BLOCK_C)
-        acc += _dot(hid.to(x.dtype), w2t, IEEE)
+        acc += dot(hid.to(x.dtype), w2t, IEEE)
     tl.store(Out + offs_m[:, None] * C + offs_c[None, :], acc.to(Out.dtype.element_ty), mask=mask)
 
 
@@ -136,10 +137,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
     `out`, if given, must be a contiguous (..., N) tensor of x's dtype and device."""
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation,
-                                      device_dtypes=False)
-    _check_inputs([(n, t) for n, t in (("x", x), ("weight", weight), ("bias", bias),
-                                       ("residual", residual)) if t is not None])
-    out = _check_out(out, tuple(x.shape[:-1]) + (n_out,), x)
+                                      allowed=gpu_dtypes(), devices=GPU_DEVICES)
+    out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x)
     if out.numel() == 0:
         return out
     if k_in == 0:  # empty reduction: act(b) + residual, as the reference gives
@@ -156,7 +155,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
             res2.stride(0) if res2 is not None else 0)
     consts = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None,
                   HARDSWISH=activation == "hardswish", IEEE=x.dtype == torch.float32)
-    if _interpreting():
+    if interpreting():
         cfg = _INTERPRET_LINEAR
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n_out, cfg["BLOCK_N"]),)
         _linear_kernel[grid](*args, **consts, **cfg)
@@ -169,12 +168,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x + hardswish(x @ w1^T + b1) @ w2^T + b2 -> (..., C) contiguous, in x's dtype."""
-    channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, device_dtypes=False)
-    _check_inputs([("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)])
+    channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=gpu_dtypes(),
+                                        devices=GPU_DEVICES)
     if channels > MLP_FUSED_MAX_C or hidden == 0 or channels == 0:
         hid = linear(x, w1, b1, activation="hardswish")
         return linear(hid, w2, b2, residual=x, out=out)
-    out = _check_out(out, tuple(x.shape), x)
+    out = check_out(out, tuple(x.shape), x)
     if out.numel() == 0:
         return out
     x2 = _rows(x)
@@ -182,7 +181,7 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     args = (x2, w1, b1, w2, b2, out, m, channels, hidden, x2.stride(0), w1.stride(0),
             w2.stride(0))
     consts = dict(IEEE=x.dtype == torch.float32, BLOCK_C=max(16, triton.next_power_of_2(channels)))
-    if _interpreting():
+    if interpreting():
         cfg = _INTERPRET_MLP
         _mlp_fused_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](*args, **consts, **cfg)
     else:

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .model import AttentionBias, LeViT
+from ..model.levit import AttentionBias, LeViT
 
 
 def attention_modules(model: LeViT) -> List[tuple]:

@@ -2,7 +2,8 @@
 #
 #   q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv): any strides, unit stride on the last dim (views
 #   of the packed qkv projection, read in place); bias (H,Nq,Nk); out (B, Nq, H*Dv) contiguous.
-#   Math: levit_kernels/reference.py::attention / attention_probs.
+#   Math: levit_kernels/ops/reference.py::attention / attention_probs (the oracle); the CPU
+#   kernel of the same op is csrc/attention_kernel.h.
 #
 # Memory plan. One program owns a (batch, head, BLOCK_M queries) tile, or TILES_PER_PROG of them
 # in a row when LeViT's N is tiny (16 tokens at stage 3: a 16-row tile is little work, so one
@@ -27,7 +28,6 @@
 # input_precision="ieee" so fp32 matches the reference to ~1e-6, not TF32's ~1e-3.
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -35,16 +35,9 @@ import triton
 import triton.language as tl
 
 from .. import checks
+from .common import GPU_DEVICES, check_out, dot, gpu_dtypes, interpreting
 
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
 
 
 @triton.jit
@@ -58,7 +51,7 @@ def _scores(q, K, Bias, k_base, b_base, offs_m, start_n, stride_kn, stride_bq, s
     # k^T tile (BLOCK_DK, BLOCK_N), read in place through k's strides.
     kt = tl.load(K + k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
                  mask=mask_n[None, :] & (offs_d[:, None] < D_K), other=0.0)
-    s = _dot(q, kt, IEEE) * qk_scale
+    s = dot(q, kt, IEEE) * qk_scale
     bias = tl.load(Bias + b_base + offs_m[:, None] * stride_bq + offs_n[None, :] * stride_bk,
                    mask=(offs_m[:, None] < N_Q) & mask_n[None, :], other=0.0)
     s = s + bias.to(tl.float32) * 1.4426950408889634
@@ -108,7 +101,7 @@ def _attention_kernel(Q, K, V, Bias, Out,
             offs_n = start_n + tl.arange(0, BLOCK_N)
             v = tl.load(V + v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
                         mask=(offs_n[:, None] < N_K) & (offs_dv[None, :] < D_V), other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, IEEE)
             m_i = m_new
         # l_i == 0 only when Nk == 0 (empty sum: 0, as the reference's empty matmul) or when
         # every key of the row is -inf (0/0 = NaN, as torch.softmax gives).
@@ -167,10 +160,6 @@ def _attention_probs_kernel(Q, K, Bias, Out,
 
 
 # ------------------------------------------------------------------------------- launchers
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 # GPU configs: BLOCK_M from one LeViT stage-3 tile (16 queries) to the 196-query stage-1 tile;
 # several tiles per program only pay off for the small ones.
 _ATTN_CONFIGS = [
@@ -201,48 +190,6 @@ def _key_block(n_k: int) -> int:
     return _pow2(n_k) if n_k <= 256 else 128
 
 
-def _check_device(t: torch.Tensor, name: str) -> None:
-    if t.device.type == "cuda":
-        return
-    if t.device.type == "cpu" and _interpreting():
-        return
-    raise ValueError(f"{name}: the Triton kernels need a CUDA tensor (or a CPU tensor with "
-                     f"TRITON_INTERPRET=1), got device {t.device}")
-
-
-def _check_dtype(t: torch.Tensor, name: str) -> None:
-    if t.dtype not in checks.CUDA_DTYPES:
-        raise TypeError(f"{name}: expected dtype in {[str(d) for d in checks.CUDA_DTYPES]}, "
-                        f"got {t.dtype}")
-
-
-def _check_inputs(named) -> None:
-    first_name, first = named[0]
-    _check_device(first, first_name)
-    _check_dtype(first, first_name)
-    for name, t in named[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{name}: expected device {first.device} (like {first_name}), "
-                             f"got {t.device}")
-        if t.dtype != first.dtype:
-            raise TypeError(f"{name}: expected dtype {first.dtype} (like {first_name}), "
-                            f"got {t.dtype}")
-
-
-def _check_out(out: Optional[torch.Tensor], shape, like: torch.Tensor) -> torch.Tensor:
-    if out is None:
-        return torch.empty(shape, device=like.device, dtype=like.dtype)
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-        raise ValueError(f"out: expected a contiguous tensor of shape {tuple(shape)}, got shape "
-                         f"{tuple(out.shape)} with strides {out.stride()}")
-    if out.dtype != like.dtype or out.device != like.device:
-        raise TypeError(f"out: expected {like.dtype} on {like.device}, got {out.dtype} on "
-                        f"{out.device}")
-    return out
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
               scale: float, hardswish: bool, *, out: Optional[torch.Tensor] = None
               ) -> torch.Tensor:
@@ -250,11 +197,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
     q/k/v are read through their strides (never copied). `out`, if given, must be a
     contiguous (B, Nq, H*Dv) tensor of q's dtype and device; it is returned."""
-    batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias,
-                                                              device_dtypes=False)
-    _check_inputs([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(
+        q, k, v, bias, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = _check_out(out, (batch, n_q, heads * d_v), q)
+    out = check_out(out, (batch, n_q, heads * d_v), q)
     if out.numel() == 0:
         return out
     args = (q, k, v, bias, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
@@ -262,7 +208,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     consts = dict(HARDSWISH=bool(hardswish), IEEE=q.dtype == torch.float32,
                   BLOCK_N=_key_block(n_k), BLOCK_DK=_pow2(d_k), BLOCK_DV=_pow2(d_v))
     bh = batch * heads
-    if _interpreting():
+    if interpreting():
         _attention_kernel[_attn_grid(bh, n_q, _INTERPRET_ATTN)](*args, **consts, **_INTERPRET_ATTN)
     else:
         _attention_tuned[lambda meta: _attn_grid(bh, n_q, meta)](*args, **consts)
@@ -276,18 +222,17 @@ def _attn_grid(bh: int, n_q: int, meta):
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, *,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(scale * q @ k^T + bias) -> (B, H, Nq, Nk) contiguous (`out` as in attention)."""
-    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True,
-                                                            device_dtypes=False)
-    _check_inputs([("q", q), ("k", k), ("bias", bias)])
+    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(
+        q, k, None, bias, probs=True, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = _check_out(out, (batch, heads, n_q, n_k), q)
+    out = check_out(out, (batch, heads, n_q, n_k), q)
     if out.numel() == 0:
         return out
     args = (q, k, bias, out, *q.stride()[:3], *k.stride()[:3], *bias.stride(),
             heads, n_q, n_k, d_k, scale * LOG2E)
     consts = dict(IEEE=q.dtype == torch.float32, BLOCK_N=_key_block(n_k), BLOCK_DK=_pow2(d_k))
     bh = batch * heads
-    if _interpreting():
+    if interpreting():
         grid = (bh * triton.cdiv(n_q, _INTERPRET_PROBS["BLOCK_M"]),)
         _attention_probs_kernel[grid](*args, **consts, **_INTERPRET_PROBS)
     else:

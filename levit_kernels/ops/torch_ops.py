@@ -1,5 +1,8 @@
 """The `levit::*` torch ops: one schema each, input checks, device dispatch, fake impls.
 
+Each op's three faces: the oracle in ops/reference.py, the CPU kernel behind ops/cpu.py
+(csrc/), the GPU kernel in ops/gpu/ (Triton); the schema is declared once, here.
+
     levit::attention(q, k, v, bias, scale, hardswish)      -> (B, Nq, H*Dv)
     levit::attention_probs(q, k, bias, scale)              -> (B, H, Nq, Nk)
     levit::linear(x, weight, bias, residual, activation)   -> (..., N)
@@ -7,8 +10,8 @@
     levit::linear_packed / levit::mlp_packed               CPU only: weights from cpu.pack_weight
     levit::conv2d_packed(x, w, cout, k, stride, pad, bias, activation)   CPU only, NHWC (stem)
 
-CPU tensors run the C++ kernels (levit_kernels.cpu), CUDA tensors the Triton kernels
-(levit_kernels.gpu); both are imported on first use, so importing this module touches neither
+CPU tensors run the C++ kernels (ops/cpu.py), CUDA tensors the Triton kernels (ops/gpu/);
+both are imported on first use, so importing this module touches neither
 CUDA nor Triton. The ops are opaque to torch.compile (custom_op with a fake implementation),
 so `torch.compile(model, fullgraph=True)` traces them without graph breaks. Empty inputs are
 answered by the reference (empty in, empty out; an empty reduction gives what PyTorch gives).
@@ -22,13 +25,14 @@ from torch import Tensor
 from torch.library import custom_op
 
 from . import checks, reference
+from .extension import lib
 
 
-def _kernels(device: torch.device):
-    """The launcher module for a device: levit_kernels.cpu or levit_kernels.gpu."""
+def launchers(device: torch.device):
+    """The launcher module for a device: ops/cpu.py or ops/gpu/."""
     if device.type == "cpu":
         from . import cpu
-        cpu._lib()  # raises, naming the fix, when the extension is not built
+        lib()  # raises, naming the fix, when the extension is not built
         return cpu
     if device.type == "cuda":
         try:
@@ -47,7 +51,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
     batch, heads, n_q, n_k, _, d_v = checks.check_attention(q, k, v, bias)
     if batch * n_q * heads * d_v == 0 or n_k == 0 or q.shape[-1] == 0:
         return reference.attention(q, k, v, bias, scale, hardswish).contiguous()
-    return _kernels(q.device).attention(q, k, v, bias, scale, hardswish)
+    return launchers(q.device).attention(q, k, v, bias, scale, hardswish)
 
 
 @_attention.register_fake
@@ -61,7 +65,7 @@ def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor
     batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True)
     if batch * heads * n_q * n_k == 0 or d_k == 0:
         return reference.attention_probs(q, k, bias, scale).contiguous()
-    return _kernels(q.device).attention_probs(q, k, bias, scale)
+    return launchers(q.device).attention_probs(q, k, bias, scale)
 
 
 @_attention_probs.register_fake
@@ -77,7 +81,7 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], residual: Optiona
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation)
     if x.numel() == 0 or k_in == 0 or n_out == 0:
         return reference.linear(x, weight, bias, residual, activation).contiguous()
-    return _kernels(x.device).linear(x, weight, bias, residual, activation)
+    return launchers(x.device).linear(x, weight, bias, residual, activation)
 
 
 @_linear.register_fake
@@ -91,7 +95,7 @@ def _mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2)
     if x.numel() == 0 or hidden == 0:
         return reference.mlp(x, w1, b1, w2, b2).contiguous()
-    return _kernels(x.device).mlp(x, w1, b1, w2, b2)
+    return launchers(x.device).mlp(x, w1, b1, w2, b2)
 
 
 @_mlp.register_fake
@@ -105,7 +109,7 @@ def _(x, w1, b1, w2, b2):
 def _linear_packed(x: Tensor, packed_weight: Tensor, out_features: int, bias: Optional[Tensor],
                    residual: Optional[Tensor], activation: str) -> Tensor:
     checks.check_linear(x, packed_weight, bias, residual, activation, out_features=out_features)
-    return _kernels(x.device).linear_packed(x, packed_weight, out_features, bias, residual,
+    return launchers(x.device).linear_packed(x, packed_weight, out_features, bias, residual,
                                             activation)
 
 
@@ -119,7 +123,7 @@ def _(x, packed_weight, out_features, bias, residual, activation):
 def _mlp_packed(x: Tensor, w1_packed: Tensor, b1: Tensor, w2_packed: Tensor,
                 b2: Tensor) -> Tensor:
     checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True)
-    return _kernels(x.device).mlp_packed(x, w1_packed, b1, w2_packed, b2)
+    return launchers(x.device).mlp_packed(x, w1_packed, b1, w2_packed, b2)
 
 
 @_mlp_packed.register_fake
@@ -131,7 +135,7 @@ def _(x, w1_packed, b1, w2_packed, b2):
 @custom_op("levit::conv2d_packed", mutates_args=(), device_types="cpu")
 def _conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_size: int,
                    stride: int, padding: int, bias: Optional[Tensor], activation: str) -> Tensor:
-    return _kernels(x.device).conv2d_packed(x, packed_weight, out_channels, kernel_size, stride,
+    return launchers(x.device).conv2d_packed(x, packed_weight, out_channels, kernel_size, stride,
                                             padding, bias, activation)
 
 

@@ -10,14 +10,15 @@ Every linear or conv is followed by BatchNorm, every activation is Hardswish, an
 enters as a learned per-head bias added to the attention logits, looked up from a table
 indexed by the absolute (dy, dx) offset between query and key.
 
-Parameter names follow timm's LeViT, so its state dicts load unchanged. `fused=True` makes
-eval-mode forwards run through levit_kernels' fused ops (see fused.py); training mode and
-`fused=False` run the plain PyTorch layers below.
+Parameter names follow timm's LeViT, so its state dicts load unchanged. This file knows no
+kernels: `LeViT(..., fused=True)` builds FusedLeViT (fused.py), a subclass whose eval-mode
+forward runs levit_kernels' fused ops on the same parameters.
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -129,6 +130,22 @@ def bias_offsets(q_res: Tuple[int, int], k_res: Tuple[int, int], stride: int) ->
     return rel[0] * k_res[1] + rel[1]
 
 
+def split_heads(t: torch.Tensor, heads: int, parts: Dict[str, int]) -> Tuple[torch.Tensor, ...]:
+    """(B, N, heads · slot) projection -> one (B, heads, N, size) view per part of `parts`.
+
+    `parts` is the per-head slot layout of an attention projection, in channel order
+    ({"q": Dk, "k": Dk, "v": Dv} for self-attention): the one place that layout is written.
+    """
+    batch, n, _ = t.shape
+    pieces = t.view(batch, n, heads, -1).split(list(parts.values()), dim=3)
+    return tuple(p.permute(0, 2, 1, 3) for p in pieces)
+
+
+def slot_offsets(parts: Dict[str, int]) -> Dict[str, int]:
+    """Where each part of a head's slot starts: {"q": 0, "k": Dk, "v": 2·Dk} for [q | k | v]."""
+    return dict(zip(parts, itertools.accumulate(parts.values(), initial=0)))
+
+
 class AttentionBias(nn.Module):
     """Learned per-head bias `attention_biases` (H, Nk) gathered to (H, Nq, Nk) by offset."""
 
@@ -151,8 +168,9 @@ class Attention(AttentionBias):
         self.num_heads, self.key_dim = num_heads, key_dim
         self.val_dim = int(attn_ratio * key_dim)
         self.scale = key_dim ** -0.5
-        # Per head the projection holds [q | k | v]: (Dk, Dk, Dv) channels.
-        self.qkv = LinearNorm(dim, num_heads * (2 * key_dim + self.val_dim))
+        # Per head the projection holds [q | k | v] (timm's and the original release's layout).
+        self.head_parts = {"q": key_dim, "k": key_dim, "v": self.val_dim}
+        self.qkv = LinearNorm(dim, num_heads * sum(self.head_parts.values()))
         self.proj = nn.Sequential(OrderedDict([
             ("act", nn.Hardswish()),
             ("ln", LinearNorm(num_heads * self.val_dim, dim, bn_weight_init=0.0)),
@@ -161,9 +179,7 @@ class Attention(AttentionBias):
 
     def forward(self, x):
         batch, n, _ = x.shape
-        qkv = self.qkv(x).view(batch, n, self.num_heads, -1)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
-        q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
+        q, k, v = split_heads(self.qkv(x), self.num_heads, self.head_parts)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.gathered_bias()
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(batch, n, -1))
@@ -179,7 +195,9 @@ class AttentionDownsample(AttentionBias):
         self.val_dim = int(attn_ratio * key_dim)
         self.scale = key_dim ** -0.5
         q_res = tuple((r - 1) // stride + 1 for r in resolution)
-        self.kv = LinearNorm(in_dim, num_heads * (key_dim + self.val_dim))
+        # Per head the kv projection holds [k | v]; q has a projection of its own.
+        self.head_parts = {"k": key_dim, "v": self.val_dim}
+        self.kv = LinearNorm(in_dim, num_heads * sum(self.head_parts.values()))
         self.q = nn.Sequential(OrderedDict([
             ("down", Subsample(stride, resolution)),
             ("ln", LinearNorm(in_dim, num_heads * key_dim)),
@@ -192,8 +210,7 @@ class AttentionDownsample(AttentionBias):
 
     def forward(self, x):
         batch, n, _ = x.shape
-        kv = self.kv(x).view(batch, n, self.num_heads, -1)
-        k, v = (t.permute(0, 2, 1, 3) for t in kv.split([self.key_dim, self.val_dim], dim=3))
+        k, v = split_heads(self.kv(x), self.num_heads, self.head_parts)
         q = self.q(x).view(batch, -1, self.num_heads, self.key_dim).permute(0, 2, 1, 3)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.gathered_bias()
         x = attn.softmax(dim=-1) @ v
@@ -263,13 +280,26 @@ class LeViT(nn.Module):
     Args:
         variant: "LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384" (or an
             ablation, or a LeViTConfig).
-        fused: in eval mode, run through levit_kernels' fused ops (BatchNorm folded, biases
-            gathered once, weights packed). Training mode always runs the plain layers.
+        fused: build a FusedLeViT (fused.py) instead: the same module, whose eval-mode
+            forward runs levit_kernels' fused ops. Training mode runs the plain layers.
         num_classes: classifier outputs (0 gives pooled features).
         distillation: add the distillation head; eval returns the mean of both heads, training
             returns (head, head_dist).
         img_size: int or (height, width); sets the token grids and bias tables.
     """
+
+    fused = False   # FusedLeViT (fused.py) sets it
+    # The subclass `fused=True` builds. fused.py registers it here when it is imported (the
+    # package imports it), so that this file never needs to know about kernels.
+    fused_class: Optional[type] = None
+
+    def __new__(cls, *args, fused: bool = False, **kwargs):
+        if fused and not cls.fused:
+            if LeViT.fused_class is None:
+                raise RuntimeError("LeViT(fused=True) needs levit_kernels.model.fused: import "
+                                   "levit_kernels (or levit_kernels.model) first")
+            cls = LeViT.fused_class
+        return super().__new__(cls)
 
     def __init__(self, variant: Union[str, LeViTConfig] = "LeViT-256", fused: bool = False,
                  num_classes: int = 1000, distillation: bool = True, img_size: ImageSize = 224,
@@ -286,10 +316,7 @@ class LeViT(nn.Module):
         self.head = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
         if distillation:
             self.head_dist = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.fused = bool(fused)
-        self._fused_cache = None        # a fused.FusedPlan: built and checked there, never stale
 
-    # -- plain PyTorch path ------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, N, C) tokens of the last stage."""
         check_images(x, self.img_size)
@@ -306,45 +333,4 @@ class LeViT(nn.Module):
         return (out + out_dist) / 2
 
     def forward(self, x: torch.Tensor):
-        if self.fused and not self.training:
-            from .fused import fused_forward
-            return fused_forward(self, x)
         return self.forward_head(self.forward_features(x))
-
-    # -- the fused path's cache ----------------------------------------------------------------
-    # fused.get_plan checks every tensor's storage and version counter on each eager call, so
-    # in-place edits are caught there. Where tensors are replaced or the mode changes, the plan
-    # is rebuilt at once, so torch.compile (which cannot run those checks) always finds one.
-    def refresh_fused(self):
-        """Rebuild the fused path's folded/packed weights now. Needed only after edits the
-        cache cannot see: in-place changes through `.data` (which has its own version counter,
-        e.g. `p.data.mul_(...)`); everything else rebuilds it by itself."""
-        self._refresh_fused()
-
-    def __getstate__(self):
-        # The plan is derived state, and its C++ forward program cannot be pickled: a copy
-        # (copy.deepcopy, torch.save of the whole model) builds its own on first use.
-        state = self.__dict__.copy()
-        state["_fused_cache"] = None
-        return state
-
-    def _refresh_fused(self):
-        self._fused_cache = None
-        if self.fused and not self.training:
-            from .fused import prepare
-            prepare(self)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._refresh_fused()
-        return self
-
-    def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)
-        self._refresh_fused()
-        return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self._refresh_fused()
-        return result

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+from importlib import metadata
 from typing import Dict
 
 import torch
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml is its one source)."""
+    try:
+        return metadata.version("levit-kernels")
+    except metadata.PackageNotFoundError:     # a copy of the package that was not installed
+        return "0+unknown"
+
+
 def collect() -> Dict[str, str]:
-    from . import __version__, cpu
+    from ..ops import cpu
     facts = {
-        "levit_kernels": __version__,
+        "levit_kernels": package_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {cpu_model_name()}",
@@ -49,8 +58,7 @@ def _triton_version() -> str:
     # find_spec only: importing triton here would fix TRITON_INTERPRET for the process.
     if importlib.util.find_spec("triton") is None:
         return "not installed (GPU kernels unavailable)"
-    from importlib.metadata import PackageNotFoundError, version
     try:
-        return version("triton")
-    except PackageNotFoundError:
+        return metadata.version("triton")
+    except metadata.PackageNotFoundError:
         return "installed"

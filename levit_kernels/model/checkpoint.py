@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import get_config
+from .levit import LeViT
 
 StateDict = Mapping[str, torch.Tensor]
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -155,8 +156,8 @@ def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict]):
 
 
 def create_model(name: str = "LeViT-256", checkpoint=None, **kwargs):
-    """Build `LeViT(name, **kwargs)` and, if given, load `checkpoint` into it."""
-    from .model import LeViT
+    """Build `LeViT(name, **kwargs)` (`fused=True` among them gives a FusedLeViT) and, if
+    given, load `checkpoint` into it."""
     model = LeViT(get_config(name), **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

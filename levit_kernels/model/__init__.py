@@ -1,0 +1,15 @@
+"""The model layer: LeViT as the paper describes it, and its fused twin. Uses levit_kernels.ops.
+
+    config.py      the variants (Table 3) and ablations (Appendix A.2)
+    levit.py       LeViT, plain PyTorch with timm's parameter names; knows no kernels
+    checkpoint.py  timm / original-release state dicts at any resolution, create_model
+    plan.py        LeViT folded for inference and the backends that run it on the ops
+    fused.py       FusedLeViT: owns its plan, the plan's key and every hook that renews it
+"""
+from .checkpoint import create_model, load_checkpoint
+from .config import VARIANTS, LeViTConfig, get_config, multiply_adds
+from .fused import FusedLeViT
+from .levit import LeViT
+
+__all__ = ["LeViT", "FusedLeViT", "LeViTConfig", "VARIANTS", "create_model", "get_config",
+           "load_checkpoint", "multiply_adds"]

@@ -1,0 +1,44 @@
+"""The compiled CPU kernels (`levit_kernels.ops._C`, built from csrc/ by setup.py), if present,
+and the facts they define: the packed panel width and the activation codes of the GEMM
+epilogue. Python reads these from the extension instead of writing them a second time.
+
+Importing this module never fails: without the extension `lib()` raises, naming the command
+that builds it, and the constants are None / empty.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - exercised only in pure-Python installs
+    _C = None
+    _IMPORT_ERROR: Optional[ImportError] = exc
+else:
+    _IMPORT_ERROR = None
+
+# Width of the packed weight panels (csrc/gemm.h kPanel); None without the extension.
+PANEL: Optional[int] = _C.PANEL if _C is not None else None
+# Epilogue activation name -> the C++ enum value (csrc/gemm.h Act).
+ACTIVATION_CODES: Dict[str, int] = dict(_C.ACTIVATIONS) if _C is not None else {}
+
+
+def is_available() -> bool:
+    """True when the compiled extension is importable."""
+    return _C is not None
+
+
+def unavailable_reason() -> str:
+    """Why the extension is missing and how to build it ('' when it is available)."""
+    if _C is not None:
+        return ""
+    return (f"levit_kernels.ops._C (the compiled CPU kernels) is not available: {_IMPORT_ERROR}. "
+            "Reinstall with `pip install --no-build-isolation -e .` (needs a C++17 compiler, "
+            "cmake and pybind11; LEVIT_BUILD_EXT must not be 0).")
+
+
+def lib():
+    """The extension module; RuntimeError naming the fix when it is not built."""
+    if _C is None:
+        raise RuntimeError(unavailable_reason())
+    return _C
