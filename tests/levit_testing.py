@@ -146,26 +146,80 @@ def assert_close(out, expected, rel=1e-5):
     assert err <= rel * max(scale, 1e-30), f"max err {err:.3e} vs {rel:.0e}·{scale:.3e}"
 
 
-def op_calls(seed=0, tokens=16, channels=32, heads=2, key_dim=8):
-    """{name: zero-argument call} of every levit_kernels.ops op on fixed small CPU inputs
-    shaped like a LeViT block (q/k/v are strided views of one packed projection)."""
-    from levit_kernels import ops
+# ---- the ops' sample inputs: one table for every test that runs "each op once" --------------
+def qkv_views(batch, heads, n_q, n_k, d_k, d_v, *, generator=None, dtype=torch.float32,
+              device="cpu"):
+    """q, k, v (B, H, N, D) as LeViT's forward makes them: strided views of its projections,
+    split with the model's own layout (levit.split_heads). Nq == Nk: self-attention, one
+    [q | k | v] projection; otherwise shrinking attention, a [k | v] projection and q's own."""
+    from levit_kernels.model.levit import split_heads
 
+    def projection(n, parts):
+        t = torch.randn(batch, n, heads * sum(parts.values()), generator=generator, dtype=dtype)
+        return split_heads(t.to(device), heads, parts)
+
+    if n_q == n_k:
+        return projection(n_k, {"q": d_k, "k": d_k, "v": d_v})
+    (q,) = projection(n_q, {"q": d_k})
+    return (q,) + projection(n_k, {"k": d_k, "v": d_v})
+
+
+OP_FAMILY = {"attention": "attention", "attention_probs": "attention", "linear": "linear",
+             "linear_packed": "linear", "mlp": "mlp", "mlp_packed": "mlp",
+             "conv2d_packed": "conv2d", "pack_weight": "linear"}   # -> marker (pyproject.toml)
+
+
+def op_samples(device="cpu", seed=0, tokens=16, channels=32, heads=2, key_dim=8):
+    """[(id, op overload, args)] calling every `levit::*` op on small inputs shaped like a
+    LeViT block (q/k/v strided views of one packed projection; an odd channel count for the
+    convolution). The CPU-only packed ops are left out on other devices."""
     g = torch.Generator().manual_seed(seed)
     n, c, h, dk, dv = tokens, channels, heads, key_dim, 2 * key_dim
-    qkv = torch.randn(2, n, h, 2 * dk + dv, generator=g).permute(0, 2, 1, 3)
-    q, k, v = qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
-    bias = torch.randn(h, n, n, generator=g)
-    x = torch.randn(2, n, c, generator=g)
-    w1, b1 = torch.randn(2 * c, c, generator=g) / c ** 0.5, torch.randn(2 * c, generator=g)
-    w2, b2 = torch.randn(c, 2 * c, generator=g) / (2 * c) ** 0.5, torch.randn(c, generator=g)
-    residual = torch.randn(2, n, 2 * c, generator=g)
-    w1p, w2p = cpu.pack_weight(w1), cpu.pack_weight(w2)
-    return {
-        "attention": lambda: ops.attention(q, k, v, bias, dk ** -0.5, True),
-        "attention_probs": lambda: ops.attention_probs(q, k, bias, dk ** -0.5),
-        "linear": lambda: ops.linear(x, w1, b1, residual, "hardswish"),
-        "mlp": lambda: ops.mlp(x, w1, b1, w2, b2),
-        "linear_packed": lambda: ops.linear_packed(x, w1p, 2 * c, b1, residual, "hardswish"),
-        "mlp_packed": lambda: ops.mlp_packed(x, w1p, b1, w2p, b2),
-    }
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(device)
+
+    q, k, v = qkv_views(2, h, n, n, dk, dv, generator=g, device=device)
+    bias = randn(h, n, n)
+    x = randn(2, n, c)
+    w1, b1 = randn(2 * c, c, scale=c ** -0.5), randn(2 * c)
+    w2, b2 = randn(c, 2 * c, scale=(2 * c) ** -0.5), randn(c)
+    residual = randn(2, n, 2 * c)
+    levit = torch.ops.levit
+    samples = [
+        ("attention", levit.attention.default, (q, k, v, bias, dk ** -0.5, True)),
+        ("attention-no-act", levit.attention.default, (q, k, v, bias, dk ** -0.5, False)),
+        ("attention_probs", levit.attention_probs.default, (q, k, bias, dk ** -0.5)),
+        ("linear", levit.linear.default, (x, w1, b1, residual, "hardswish")),
+        ("linear-plain", levit.linear.default, (x, w1, None, None, "none")),
+        ("mlp", levit.mlp.default, (x, w1, b1, w2, b2)),
+    ]
+    if device == "cpu":
+        w1p, w2p = cpu.pack_weight(w1), cpu.pack_weight(w2)
+        conv_w, conv_b = randn(17, 3, 3, 3, scale=0.2), randn(17)
+        images = randn(2, 9, 11, 3)                                     # NHWC
+        samples += [
+            ("linear_packed", levit.linear_packed.default,
+             (x, w1p, 2 * c, b1, residual, "hardswish")),
+            ("mlp_packed", levit.mlp_packed.default, (x, w1p, b1, w2p, b2)),
+            ("conv2d_packed", levit.conv2d_packed.default,
+             (images, cpu.pack_conv_weight(conv_w), 17, 3, 2, 1, conv_b, "hardswish")),
+        ]
+    return samples
+
+
+def op_params(device="cpu", **sizes):
+    """op_samples as pytest params, each id'd by its case and marked with its op's marker,
+    so `pytest -m attention` selects them."""
+    return [pytest.param(op, args, id=name, marks=getattr(pytest.mark, op_family(op)))
+            for name, op, args in op_samples(device, **sizes)]
+
+
+def op_family(op) -> str:
+    """The pytest marker of a levit::* op overload (levit::attention.default -> attention)."""
+    return OP_FAMILY[op.name().split("::")[1]]
+
+
+def op_calls(**sizes):
+    """{id: zero-argument call} of every op sample on the CPU."""
+    return {name: (lambda op=op, args=args: op(*args)) for name, op, args in op_samples(**sizes)}

@@ -19,19 +19,9 @@ import pytest
 import torch
 
 from levit_kernels import cpu, reference as ref
-from levit_testing import CPU_ISAS, assert_close, isa, threads  # noqa: F401  (fixtures)
+from levit_testing import CPU_ISAS, assert_close, isa, qkv_views, threads  # noqa: F401
 
 C = pytest.importorskip("levit_kernels.ops._C")  # test_build.py fails loudly if it is missing
-
-def qkv_views(b, h, n_q, n_k, dk, dv, shrink=False):
-    """q, k, v as permuted slices of packed projections, like LeViT's forward pass."""
-    if not shrink and n_q == n_k:
-        qkv = torch.randn(b, n_k, h, 2 * dk + dv).permute(0, 2, 1, 3)
-        return qkv[..., :dk], qkv[..., dk:2 * dk], qkv[..., 2 * dk:]
-    kv = torch.randn(b, n_k, h, dk + dv).permute(0, 2, 1, 3)
-    q = torch.randn(b, n_q, h * dk).view(b, n_q, h, dk).permute(0, 2, 1, 3)
-    return q, kv[..., :dk], kv[..., dk:]
-
 
 # (Nq, Nk, Dk, Dv, H): LeViT stage shapes (Dv = 2·Dk) and shrinking blocks (Dv = 4·Dk)
 LEVIT_ATTN = [(n, n, dk, 2 * dk, 4) for n in (196, 49, 16) for dk in (16, 32)] + \
@@ -44,7 +34,7 @@ ODD_ATTN = [(1, 1, 1, 1, 1), (7, 7, 5, 13, 3), (37, 37, 13, 5, 2), (197, 197, 16
 @pytest.mark.parametrize("shape", LEVIT_ATTN + ODD_ATTN, ids=str)
 def test_attention(shape, batch, isa, threads):
     n_q, n_k, dk, dv, h = shape
-    q, k, v = qkv_views(batch, h, n_q, n_k, dk, dv, shrink=n_q != n_k)
+    q, k, v = qkv_views(batch, h, n_q, n_k, dk, dv)
     bias = torch.randn(h, n_q, n_k) * 3
     scale = dk ** -0.5
     for hs in (True, False):
@@ -178,7 +168,7 @@ def test_gemm_writes_only_its_output(mkn, isa, threads):
 def test_attention_writes_only_its_output(shape, isa, threads):
     n_q, n_k, dk, dv, h = shape
     b = 2
-    q, k, v = qkv_views(b, h, n_q, n_k, dk, dv, shrink=True)
+    q, k, v = qkv_views(b, h, n_q, n_k, dk, dv)
     bias = torch.randn(h, n_q, n_k)
     size = b * n_q * h * dv
     buf = torch.full((size + 64,), float("nan"))

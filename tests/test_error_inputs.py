@@ -28,7 +28,7 @@ import torch
 
 from levit_kernels import cpu, ops, reference
 
-from levit_testing import CPU_ISAS, using_isa
+from levit_testing import CPU_ISAS, OP_FAMILY, using_isa
 
 CUDA = torch.cuda.is_available()
 GPU_OK = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
@@ -344,11 +344,13 @@ CASES = [(f"{impl}.{family}", functools.partial(build, family, impl, edit), exc,
 
 
 def _needs(op):
+    """The marks of a case of `op` ("impl.family"): its op's marker, and what it needs."""
+    marks = [getattr(pytest.mark, OP_FAMILY[op.partition(".")[2]])]
     if op.startswith("gpu."):
-        return [needs_gpu]
+        return marks + [needs_gpu]
     if op.startswith("cpu.") or "packed" in op:
-        return [needs_extension]
-    return []
+        return marks + [needs_extension]
+    return marks
 
 
 def _case_id(op, pattern):

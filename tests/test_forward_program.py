@@ -16,7 +16,8 @@ from levit_kernels.model.plan import Launchers
 
 from levit_testing import randomize_
 
-pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+pytestmark = [pytest.mark.forward_program,
+              pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")]
 
 
 def rel_err(a, b):

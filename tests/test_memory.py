@@ -14,7 +14,7 @@ import torch
 
 from levit_kernels import LeViT, cpu
 
-from levit_testing import op_calls, randomize_
+from levit_testing import op_params, randomize_
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc"),
@@ -41,11 +41,10 @@ def growth(fn, calls, warmup):
     return rss() - before
 
 
-@pytest.mark.parametrize("name", list(op_calls()))
-def test_op_calls_do_not_grow_memory(name):
-    fn = op_calls()[name]
-    grown = growth(fn, CALLS, warmup=500)
-    assert grown < LIMIT, f"{name}: resident memory grew {grown / 2**20:.1f} MB over {CALLS} calls"
+@pytest.mark.parametrize("op, args", op_params())
+def test_op_calls_do_not_grow_memory(op, args):
+    grown = growth(lambda: op(*args), CALLS, warmup=500)
+    assert grown < LIMIT, f"{op}: resident memory grew {grown / 2**20:.1f} MB over {CALLS} calls"
 
 
 def test_fused_forwards_do_not_grow_memory():

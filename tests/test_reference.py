@@ -26,6 +26,7 @@ def naive_attention(q, k, v, bias, scale, hardswish):
     return out
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("batch,heads,n_q,n_k,d_k,d_v", [
     (1, 1, 1, 1, 1, 1), (3, 2, 7, 7, 5, 9), (1, 3, 4, 13, 8, 16), (2, 2, 16, 49, 3, 4)])
 @pytest.mark.parametrize("hardswish", [False, True])
@@ -39,6 +40,8 @@ def test_attention_matches_naive(batch, heads, n_q, n_k, d_k, d_v, hardswish):
     torch.testing.assert_close(probs.sum(-1), torch.ones(batch, heads, n_q, dtype=torch.float64))
 
 
+@pytest.mark.linear
+@pytest.mark.mlp
 @pytest.mark.parametrize("shape,k_in,n_out", [((1,), 1, 1), ((3, 7), 5, 9), ((2, 49), 17, 33)])
 @pytest.mark.parametrize("activation", ["none", "hardswish"])
 @pytest.mark.parametrize("with_bias,with_residual", [(False, False), (True, True), (True, False)])
@@ -60,6 +63,7 @@ def test_linear_and_mlp_match_naive(shape, k_in, n_out, activation, with_bias, w
     torch.testing.assert_close(reference.linear(x, w, b, r, activation), expected)
 
 
+@pytest.mark.mlp
 def test_mlp_is_residual_hardswish_mlp():
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     w1, b1 = torch.randn(12, 6, dtype=torch.float64), torch.randn(12, dtype=torch.float64)
@@ -69,6 +73,7 @@ def test_mlp_is_residual_hardswish_mlp():
     torch.testing.assert_close(reference.mlp(x, w1, b1, w2, b2), x + hidden @ w2.T + b2)
 
 
+@pytest.mark.linear
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="activation"):
         reference.linear(torch.randn(2, 3), torch.randn(4, 3), activation="gelu")
