@@ -169,3 +169,17 @@ def op_calls(seed=0, tokens=16, channels=32, heads=2, key_dim=8):
         "linear_packed": lambda: ops.linear_packed(x, w1p, 2 * c, b1, residual, "hardswish"),
         "mlp_packed": lambda: ops.mlp_packed(x, w1p, b1, w2p, b2),
     }
+
+
+def assert_usage_error(argv, message, capsys):
+    """`levit-kernels argv` run in-process ends with exit code 2 and, last on stderr, one
+    `levit-kernels ...: error: ...` line that contains `message`."""
+    from levit_kernels.tools.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:      # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1], err
+    assert "error:" in err[-1] and err[-1].startswith("levit-kernels")
