@@ -419,3 +419,19 @@ def test_inconsistent_torchrun_environment(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["validate", "--data", _folder(tmp_path, "a/x.jpg")]) == 2
     assert "inconsistent torchrun environment" in capsys.readouterr().err
+
+
+def test_eval_transform_non_square_covers_then_crops():
+    """img_size (48, 64) from a 90x120 (h x w) image: resized keeping the aspect ratio to the
+    smallest size covering int(48 / 0.9) x int(64 / 0.9) = 53 x 71, i.e. 71 / 120 -> 53 x 71,
+    then center cropped."""
+    from levit_kernels.tools.images import eval_transform
+    image = _noise(np.random.default_rng(0), (90, 120, 150), 90, 120)
+    got = eval_transform((48, 64))(image)
+    resized = image.resize((71, 53), Image.BICUBIC)           # PIL sizes are (width, height)
+    left, top = int(round((71 - 64) / 2)), int(round((53 - 48) / 2))
+    crop = np.asarray(resized.crop((left, top, left + 64, top + 48)), np.float32) / 255
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = torch.from_numpy(((crop - mean) / std).astype(np.float32)).permute(2, 0, 1)
+    assert got.shape == (3, 48, 64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
