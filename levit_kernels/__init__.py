@@ -6,7 +6,7 @@ Three layers, each importing only the ones below it:
 
     ops/     the kernels as torch ops, their oracle and launchers   (knows no model)
     model/   LeViT, checkpoints, and FusedLeViT running it on ops/
-    tools/   the `levit-kernels` command: bench, profile, biases, summary, info
+    tools/   the `levit-kernels` command: bench, profile, biases, summary, info, validate, predict
 
 `levit_kernels.cpu`, `.gpu` and `.reference` name the modules ops/cpu.py, ops/gpu/ and
 ops/reference.py. Importing this package never touches CUDA and never requires the compiled

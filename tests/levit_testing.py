@@ -223,3 +223,17 @@ def op_family(op) -> str:
 def op_calls(**sizes):
     """{id: zero-argument call} of every op sample on the CPU."""
     return {name: (lambda op=op, args=args: op(*args)) for name, op, args in op_samples(**sizes)}
+
+
+def assert_usage_error(argv, message, capsys):
+    """`levit-kernels argv` run in-process ends with exit code 2 and, last on stderr, one
+    `levit-kernels ...: error: ...` line that contains `message`."""
+    from levit_kernels.tools.cli import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:      # argparse's own errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1], err
+    assert "error:" in err[-1] and err[-1].startswith("levit-kernels")

@@ -9,6 +9,7 @@ import torch
 
 from levit_kernels import LeViT, cpu
 from levit_kernels.tools.cli import main
+from levit_testing import assert_usage_error
 
 
 def run_cli(*args):
@@ -126,14 +127,7 @@ def _checkpoint(tmp_path, variant="128S"):
     (lambda p: [], "required"),
 ])
 def test_bad_input_in_process(make_args, message, tmp_path, capsys):
-    try:
-        code = main(make_args(tmp_path))
-    except SystemExit as exc:      # argparse's own errors
-        code = exc.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and message in err[-1], err
-    assert "error:" in err[-1] and err[-1].startswith("levit-kernels")
+    assert_usage_error(make_args(tmp_path), message, capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")

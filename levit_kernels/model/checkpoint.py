@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Mapping, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,14 +109,19 @@ def resize_attention_biases(table: torch.Tensor, k_res: Tuple[int, int]) -> torc
     return resized.reshape(heads, k_res[0] * k_res[1]).to(table.dtype)
 
 
+def read_checkpoint(path: Union[str, os.PathLike]):
+    """The object a checkpoint file holds (`.safetensors` or anything torch.save wrote, read
+    with weights_only): a state dict, or one wrapped with other entries (`class_names`, ...)."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _unwrap(checkpoint) -> Dict[str, torch.Tensor]:
     if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            checkpoint = load_file(path)
-        else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(checkpoint)
     for wrapper in ("model", "state_dict", "model_ema"):
         if isinstance(checkpoint, Mapping) and wrapper in checkpoint \
                 and isinstance(checkpoint[wrapper], Mapping):
@@ -126,6 +131,29 @@ def _unwrap(checkpoint) -> Dict[str, torch.Tensor]:
         raise TypeError(f"checkpoint must be a state dict or a path to one, got "
                         f"{type(checkpoint).__name__}")
     return dict(checkpoint)
+
+
+def class_names(checkpoint) -> Optional[List[str]]:
+    """The class names a checkpoint carries beside its weights (a `class_names` or `classes`
+    list of strings at its top level, as training scripts save them), else None."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    for key in ("class_names", "classes"):
+        names = checkpoint.get(key)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
+
+
+def head_config(state: StateDict) -> Dict[str, object]:
+    """`num_classes` and `distillation` of the classifier heads in a state dict (either
+    naming), so that a checkpoint fine-tuned on another label set builds the model it fits;
+    empty when the state dict has no classifier."""
+    for head in ("head.linear.weight", "head.l.weight"):
+        if head in state:
+            return {"num_classes": state[head].shape[0],
+                    "distillation": any(k.startswith("head_dist.") for k in state)}
+    return {}
 
 
 def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict]):
@@ -157,8 +185,10 @@ def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict]):
 
 def create_model(name: str = "LeViT-256", checkpoint=None, **kwargs):
     """Build `LeViT(name, **kwargs)` (`fused=True` among them gives a FusedLeViT) and, if
-    given, load `checkpoint` into it."""
-    model = LeViT(get_config(name), **kwargs)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    return model
+    given, load `checkpoint` into it. Unless given, `num_classes` and `distillation` are the
+    checkpoint's (head_config)."""
+    if checkpoint is None:
+        return LeViT(get_config(name), **kwargs)
+    state = _unwrap(checkpoint)
+    model = LeViT(get_config(name), **{**head_config(state), **kwargs})
+    return load_checkpoint(model, state)

@@ -5,6 +5,8 @@
     levit-kernels biases     the learned attention-bias maps of a checkpoint (Appendix B)
     levit-kernels summary    parameters and multiply-adds per variant (Table 3's columns)
     levit-kernels info       versions, CPU ISA, threads, extension / Triton / CUDA status
+    levit-kernels validate   accuracy on an ImageFolder set, fused vs reference (torchrun-ready)
+    levit-kernels predict    top-k classes of image files to CSV / JSON lines (torchrun-ready)
 
 Bad arguments, unknown variants and unreadable checkpoints end with one line on stderr and
 exit code 2, never a traceback.
@@ -12,16 +14,14 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import List, Optional
 
 from ..model.config import VARIANTS, canonical_name, multiply_adds
-
-
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
+from .errors import UsageError
 
 
 def _variant(name: str) -> str:
@@ -41,13 +41,29 @@ def _img_size(text: str):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _positive(text: str) -> int:
+def _integer_type(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
+
+
+_positive = _integer_type(1, "a positive integer")
+_non_negative = _integer_type(0, "an integer >= 0")
+
+
+def _fraction(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
 
 
@@ -95,13 +111,17 @@ def cmd_bench(args) -> int:
                            seconds=args.seconds, img_size=args.img_size)
     print(format_table(report))
     if args.json:
-        try:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
-        except OSError as exc:
-            raise UsageError(f"--json {args.json!r}: cannot write it: {exc.strerror or exc}")
-        print(f"saved {args.json}")
+        _save_json(args.json, report)
     return 0
+
+
+def _save_json(path: str, data) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+    except OSError as exc:
+        raise UsageError(f"--json {path!r}: cannot write it: {exc.strerror or exc}")
+    print(f"saved {path}")
 
 
 def cmd_profile(args) -> int:
@@ -111,17 +131,44 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def cmd_biases(args) -> int:
-    from .biases import plot_bias_maps
+def _read_checkpoint(path: Optional[str]):
+    """What the --checkpoint file holds (None without one)."""
+    from ..model.checkpoint import read_checkpoint
+    if path is None:
+        return None
+    try:
+        return read_checkpoint(path)
+    except FileNotFoundError:
+        raise UsageError(f"--checkpoint: no such file {path!r}")
+    except Exception as exc:
+        raise UsageError(_cannot_load(path, exc))
+
+
+def _cannot_load(path: Optional[str], exc: Exception, variant: str = "") -> str:
+    detail = str(exc) or f"{type(exc).__name__} (empty or truncated file?)"
+    if path is None:
+        return f"cannot build {variant}: {detail}".splitlines()[0]
+    into = f" into {variant}" if variant else ""
+    return f"--checkpoint {path!r}: cannot load it{into}: {detail}".splitlines()[0]
+
+
+def _create_model(args, checkpoint, **kwargs):
+    """args.variant at args.img_size with `checkpoint` (what _read_checkpoint read, or a state
+    dict) loaded; without one, the same random weights in every process (seed 0)."""
+    import torch
     from ..model import create_model
     try:
-        model = create_model(args.variant, checkpoint=args.checkpoint, img_size=args.img_size)
-    except FileNotFoundError:
-        raise UsageError(f"--checkpoint: no such file {args.checkpoint!r}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create_model(args.variant, checkpoint=checkpoint, img_size=args.img_size,
+                                **kwargs)
     except Exception as exc:
-        detail = str(exc) or f"{type(exc).__name__} (empty or truncated file?)"
-        raise UsageError(f"--checkpoint {args.checkpoint!r}: cannot load it into "
-                         f"{args.variant}: {detail}".splitlines()[0])
+        raise UsageError(_cannot_load(args.checkpoint, exc, args.variant))
+
+
+def cmd_biases(args) -> int:
+    from .biases import plot_bias_maps
+    model = _create_model(args, _read_checkpoint(args.checkpoint))
     blocks = None
     if args.blocks:
         try:
@@ -154,6 +201,145 @@ def cmd_info(args) -> int:
     from .info import info
     info()
     return 0
+
+
+_DTYPES = ("float32", "bfloat16")
+
+
+def _image_model(args, command: str):
+    """What validate and predict share: this process's place among those torchrun started
+    (or a world of one), the checkpoint, and the fused model on the process's device. Models
+    are loaded before the processes join, so a bad argument fails every one of them at once
+    instead of leaving the others waiting."""
+    from .distributed import Processes
+    processes = Processes(args.device, args.threads)
+    checkpoint = _read_checkpoint(args.checkpoint)
+    if checkpoint is None and processes.rank == 0:
+        print(f"levit-kernels {command}: no --checkpoint: random weights (seed 0)",
+              file=sys.stderr)
+    model = _create_model(args, checkpoint, fused=True)
+    args.workers = processes.default_workers() if args.workers is None else args.workers
+    return processes, checkpoint, model
+
+
+def _dtype(args):
+    import torch
+    return getattr(torch, args.dtype)
+
+
+def _to_device(model, processes, dtype=None):
+    """The model in eval mode on the process's device, in `dtype` (default float32)."""
+    return model.to(device=processes.device, dtype=dtype).eval()
+
+
+def _describe(args, processes, model) -> str:
+    height, width = model.img_size
+    return (f"{model.config.name} fused on {processes.device.type} {args.dtype}, "
+            f"{height}x{width} px (crop {args.crop_pct}), batch {args.batch}, "
+            f"{processes.world} process(es) x {processes.threads} threads, "
+            f"{args.workers} loader workers each")
+
+
+@contextlib.contextmanager
+def _images_extra():
+    """validate and predict read images with torchvision (PIL) and show progress with tqdm:
+    the `images` extra. Without it, one line that names the fix."""
+    try:
+        yield
+    except ImportError as exc:
+        raise UsageError(f"reading images needs the images extra ({exc}): "
+                         f"pip install 'levit-kernels[images]'")
+
+
+def cmd_validate(args) -> int:
+    with _images_extra():
+        from .images import ImageFiles, eval_transform, image_folder
+        from .validate import format_result, validate
+    paths, targets, classes = image_folder(args.data)
+    processes, checkpoint, model = _image_model(args, "validate")
+    if len(classes) > model.num_classes:
+        raise UsageError(f"--data {args.data!r}: {len(classes)} class folders, but the model "
+                         f"has {model.num_classes} classes")
+    reference = None
+    if args.compare == "reference":
+        # the same weights: the checkpoint, or the fused model's own random ones
+        weights = checkpoint if checkpoint is not None else model.state_dict()
+        reference = _to_device(_create_model(args, weights), processes)
+    model = _to_device(model, processes, _dtype(args))
+    files = ImageFiles(paths, eval_transform(model.img_size, args.crop_pct))
+    if processes.rank == 0:
+        print(_describe(args, processes, model), flush=True)
+    with processes:
+        result = validate(model, files, targets, processes, args.batch, args.workers,
+                          _dtype(args), reference, args.quiet)
+    if result is None:          # not rank 0
+        return 0
+    config = {"data": args.data, "variant": model.config.name, "checkpoint": args.checkpoint,
+              "img_size": list(model.img_size), "crop_pct": args.crop_pct,
+              "classes": len(classes), "num_classes": model.num_classes,
+              "device": processes.device.type, "dtype": args.dtype, "batch": args.batch,
+              "workers": args.workers, "threads": processes.threads,
+              "processes": processes.world, "compare": args.compare}
+    print(format_result(result))
+    if args.json:
+        _save_json(args.json, {"config": config, "result": result})
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..model.checkpoint import class_names
+    with _images_extra():
+        from .images import ImageFiles, eval_transform, find_images
+        from .predict import output_format, predict, read_labels
+    try:
+        output_format(args.out)
+    except ValueError as exc:
+        raise UsageError(f"--out {exc}")
+    paths = find_images(args.inputs)
+    labels = read_labels(args.labels) if args.labels else None
+    processes, checkpoint, model = _image_model(args, "predict")
+    if labels is None:
+        labels = class_names(checkpoint)
+    if labels is not None and len(labels) != model.num_classes:
+        source = f"--labels {args.labels!r}" if args.labels else "the checkpoint's class names"
+        raise UsageError(f"{source}: {len(labels)} names for a model of {model.num_classes} "
+                         f"classes")
+    if args.topk > model.num_classes:
+        raise UsageError(f"--topk {args.topk}: the model has {model.num_classes} classes")
+    model = _to_device(model, processes, _dtype(args))
+    files = ImageFiles(paths, eval_transform(model.img_size, args.crop_pct))
+    if processes.rank == 0:
+        print(_describe(args, processes, model), flush=True)
+    with processes:
+        summary = predict(model, files, processes, args.out, args.topk, labels, args.batch,
+                          args.workers, _dtype(args), args.quiet)
+    if summary is not None:
+        print(f"wrote {summary['images']} predictions to {args.out} ({summary['skipped']} "
+              f"unreadable files skipped), {summary['images_per_s']:.1f} images/s")
+    return 0
+
+
+def _add_image_arguments(parser) -> None:
+    """The arguments validate and predict share: the model, the transform, the run."""
+    parser.add_argument("--variant", type=_variant, default="LeViT-256")
+    parser.add_argument("--checkpoint", help="timm or original-release weights (.pth, "
+                        ".safetensors); without it random weights")
+    parser.add_argument("--img-size", type=_img_size, default=224)
+    parser.add_argument("--crop-pct", type=_fraction, default=0.9,
+                        help="resize to img-size / crop-pct, then center crop (default 0.9: "
+                             "224 px from 248; the original LeViT code used 0.875)")
+    parser.add_argument("--batch", type=_positive, default=64, help="images per forward")
+    parser.add_argument("--workers", type=_non_negative, default=None,
+                        help="DataLoader workers per process (default: up to 4, no more than "
+                             "the process's cores)")
+    parser.add_argument("--threads", type=_positive, default=None,
+                        help="torch threads per process (default: torch's; under torchrun "
+                             "the cores divided among the machine's processes)")
+    parser.add_argument("--dtype", choices=_DTYPES, default="float32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: one GPU per process (LOCAL_RANK)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none either "
+                        "when stderr is not a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     biases.add_argument("--blocks", help="comma-separated attention block indices (default all)")
     biases.add_argument("--out", type=_output_file, default="attention_biases.png")
     biases.set_defaults(func=cmd_biases)
+
+    val = sub.add_parser("validate", help="accuracy on an ImageFolder set, fused vs reference")
+    val.add_argument("--data", required=True,
+                     help="DIR/<class>/<image> (the ImageNet val layout); classes in sorted order")
+    _add_image_arguments(val)
+    val.add_argument("--compare", choices=["reference"],
+                     help="also run the plain PyTorch model on the same batches")
+    val.add_argument("--json", metavar="PATH", type=_output_file, help="save the result as JSON")
+    val.set_defaults(func=cmd_validate)
+
+    pred = sub.add_parser("predict", help="top-k classes of image files to .csv or .jsonl")
+    pred.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="an image file, a folder (searched recursively) or @LIST (a file "
+                           "naming one file or folder a line, relative to the list's folder)")
+    pred.add_argument("--out", required=True, type=_output_file, help="PATH.csv or PATH.jsonl")
+    pred.add_argument("--topk", type=_positive, default=5)
+    pred.add_argument("--labels", help="class names, one a line (default: the checkpoint's "
+                      "class_names / classes when it has them, else class indices)")
+    _add_image_arguments(pred)
+    pred.set_defaults(func=cmd_predict)
 
     sub.add_parser("summary", help="params and multiply-adds per variant").set_defaults(
         func=cmd_summary)

@@ -1,0 +1,88 @@
+"""`levit-kernels predict`: the fused model's top-k classes for every image file, written
+once each, in input order, as CSV or JSON lines.
+
+Only rank 0 writes: runner.py hands it every file's result in input order as each step's
+results are gathered, so the file grows as the run goes and is the same whatever the number
+of processes. Probabilities are written to 6 significant digits.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .distributed import Processes
+from .errors import UsageError
+from .images import ImageFiles
+from .runner import ImagePass
+
+FORMATS = (".csv", ".jsonl")
+
+
+def output_format(path: str) -> str:
+    """The format an --out path asks for, from its suffix."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path!r}: expected a .csv or .jsonl file name")
+    return suffix
+
+
+def read_labels(path: str) -> List[str]:
+    """A labels file: the name of class i on line i (trailing blank lines ignored)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f.read().rstrip("\n").split("\n")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--labels {path!r}: cannot read it: "
+                         f"{getattr(exc, 'strerror', None) or exc}")
+    return names
+
+
+def _csv_writer(f, topk: int) -> Callable:
+    writer = csv.writer(f)
+    writer.writerow(["path"] + [f"top{j}_{column}" for j in range(1, topk + 1)
+                                for column in ("index", "label", "prob")])
+
+    def write(path, top):
+        writer.writerow([path] + [value for entry in top for value in
+                                  (entry["index"], entry["label"], f"{entry['prob']:.6g}")])
+    return write
+
+
+def _jsonl_writer(f, topk: int) -> Callable:
+    def write(path, top):
+        top = [{**entry, "prob": float(f"{entry['prob']:.6g}")} for entry in top]
+        f.write(json.dumps({"path": path, "top": top}) + "\n")
+    return write
+
+
+def predict(model, files: ImageFiles, processes: Processes, out: str, topk: int,
+            labels: Optional[Sequence[str]], batch: int, workers: int,
+            dtype: torch.dtype = torch.float32, quiet: bool = False) -> Optional[Dict]:
+    """Write `model`'s top-k classes of every readable file to `out` (rank 0); a summary on
+    rank 0, None elsewhere. Class i is written as labels[i], or as "i" without labels."""
+    def forward(images):
+        probs = model(images.to(dtype)).float().softmax(dim=1)
+        top = probs.topk(topk, dim=1)
+        return list(zip(top.indices.tolist(), top.values.tolist()))
+
+    run = ImagePass(files, processes, forward, batch, workers, quiet, "predict")
+    if processes.rank != 0:
+        for _ in run:           # yields nothing here: takes part in every step's gather
+            pass
+        return None
+    make_writer = {".csv": _csv_writer, ".jsonl": _jsonl_writer}[output_format(out)]
+    try:
+        f = open(out, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--out {out!r}: cannot write it: {exc.strerror or exc}")
+    with f:
+        write = make_writer(f, topk)
+        for index, (classes, probs) in run:
+            write(files.paths[index], [{"index": c, "label": labels[c] if labels else str(c),
+                                        "prob": p} for c, p in zip(classes, probs)])
+    return {"images": run.images, "skipped": len(run.skipped), "seconds": run.seconds,
+            "images_per_s": run.images / run.seconds, "out": out}
