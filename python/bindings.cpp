@@ -179,10 +179,11 @@ PYBIND11_MODULE(_C, m) {
           py::arg("w2_packed"), py::arg("b2"))
       .def(
           "set_head",
-          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t classes) {
-            p.set_head(ptr<const float>(packed), ptr<const float>(bias), classes);
+          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t in_features,
+             int64_t classes) {
+            p.set_head(ptr<const float>(packed), ptr<const float>(bias), in_features, classes);
           },
-          kw, py::arg("packed"), py::arg("bias"), py::arg("classes"))
+          kw, py::arg("packed"), py::arg("bias"), py::arg("in_features"), py::arg("classes"))
       .def_property_readonly("rows", &levit::Program::rows)
       .def_property_readonly("cols", &levit::Program::cols)
       .def_property_readonly("channels", &levit::Program::channels)

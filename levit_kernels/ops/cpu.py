@@ -390,11 +390,9 @@ class ForwardProgram:
         self._layers.append(mlp)
 
     def set_head(self, head: PackedLinear) -> None:
-        if head.in_features != self._program.channels:
-            raise ValueError(f"head: expected {self._program.channels} input features, got "
-                             f"{head.in_features}")
+        """The classifier, on the mean token: the last layer (the program checks both)."""
         self._program.set_head(packed=head.packed.data_ptr(), bias=_address(head.bias),
-                               classes=head.out_features)
+                               in_features=head.in_features, classes=head.out_features)
         self._layers.append(head)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
