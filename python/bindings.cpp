@@ -17,6 +17,7 @@
 #include "cpu_features.h"
 #include "forward.h"
 #include "gemm.h"
+#include "thread_pool.h"
 
 namespace py = pybind11;
 using Strides3 = std::array<int64_t, 3>;
@@ -97,6 +98,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("available_isas", &levit::available_isas, "Paths this CPU supports, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Switch the kernel path at run time (ValueError if the CPU lacks it).");
+  m.def("thread_pool_workers", &levit::thread_pool_workers,
+        "Worker threads the kernels' pool has started in this process.");
   // Facts the Python side reads from here rather than writing them again.
   m.attr("PANEL") = levit::kPanel;
   py::dict acts;
