@@ -66,6 +66,7 @@ void Program::grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn) {
 }
 
 void Program::add_conv(const ConvLayer& l) {
+  require_no_head("conv");
   require(!tokens_started_, "conv: every convolution must come before the token layers");
   require(l.cin == channels_, "conv: expected " + str(channels_) + " input channels, got " +
                                   str(l.cin));
@@ -83,6 +84,7 @@ void Program::add_conv(const ConvLayer& l) {
 }
 
 void Program::add_attention(const AttentionLayer& l) {
+  require_no_head("attention");
   require(!convs_.empty(), "attention: the stem must come first (the tokens are its output)");
   require(l.channels == channels_, "attention: expected " + str(channels_) +
                                        " input channels, got " + str(l.channels));
@@ -116,6 +118,7 @@ void Program::add_attention(const AttentionLayer& l) {
 }
 
 void Program::add_mlp(const MlpLayer& l) {
+  require_no_head("mlp");
   require(!convs_.empty(), "mlp: the stem must come first (the tokens are its output)");
   require(l.channels == channels_, "mlp: expected " + str(channels_) + " channels, got " +
                                        str(l.channels));
@@ -124,9 +127,19 @@ void Program::add_mlp(const MlpLayer& l) {
   layers_.emplace_back(Mlp{l, Geometry{rows_, cols_, channels_}});
 }
 
-void Program::set_head(const float* packed, const float* bias, int64_t classes) {
+void Program::require_no_head(const char* layer) const {
+  // The head reads the mean of the tokens the last layer leaves: nothing may come after it.
+  require(head_ == nullptr, std::string(layer) + ": the head is already set; it must be the "
+                                                  "last layer");
+}
+
+void Program::set_head(const float* packed, const float* bias, int64_t in_features,
+                       int64_t classes) {
+  require_no_head("head");
   require(!convs_.empty(), "head: the stem must come first");
   require(packed != nullptr && classes >= 1, "head: expected a packed weight and classes >= 1");
+  require(in_features == channels_, "head: expected " + str(channels_) +
+                                        " input features, got " + str(in_features));
   head_ = packed, head_bias_ = bias, classes_ = classes;
 }
 

@@ -58,14 +58,15 @@ class Program {
   // Images (B, in_channels, height, width).
   Program(int64_t in_channels, int64_t height, int64_t width);
 
-  // Layers in forward order: every convolution before the first token layer. Each throws
-  // std::invalid_argument when it does not chain onto the layers before it.
+  // Layers in forward order: every convolution before the first token layer, the head
+  // last. Each throws std::invalid_argument when it does not chain onto the layers before it.
   void add_conv(const ConvLayer& layer);
   void add_attention(const AttentionLayer& layer);
   void add_mlp(const MlpLayer& layer);
-  // The classifier (packed (classes, channels) weight and its bias); without one the
-  // program's output is the mean token.
-  void set_head(const float* packed, const float* bias, int64_t classes);
+  // The classifier (packed (classes, in_features) weight and its bias), reading the mean
+  // token: in_features must be the last layer's width. Without one the program's output is
+  // the mean token.
+  void set_head(const float* packed, const float* bias, int64_t in_features, int64_t classes);
 
   // Token grid entering the next layer added (rows, cols) and its width.
   int64_t rows() const { return rows_; }
@@ -103,6 +104,7 @@ class Program {
   };
 
   void grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn);
+  void require_no_head(const char* layer) const;
   void run_chunk(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
                  int64_t sw, float* workspace, float* out, int nthreads) const;
   void run_attention(const Attention& a, int64_t batch, float* x, float* next, float* qkv,

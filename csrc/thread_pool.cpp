@@ -1,17 +1,34 @@
 // thread_pool.cpp — see thread_pool.h.
 //
-// One job runs at a time (job_mutex). A job is published by bumping `generation_`; a worker
-// that sees a new generation joins it (under `mutex_`, while it is open), pulls task indices
-// from `next_` until they run out and leaves. The caller also pulls tasks and, when done,
-// closes the job and waits until the joined workers have left, so that `fn` (which lives on
-// the caller's stack) is never used after parallel_for returns.
+// One job runs at a time (Sync::job). A job is published by bumping `generation_`; a worker
+// that sees a new generation joins it (under Sync::state, while it is open), pulls task
+// indices from `next_` until they run out and leaves. The caller also pulls tasks and, when
+// done, closes the job and waits until the joined workers have left, so that `fn` (which
+// lives on the caller's stack) is never used after parallel_for returns.
+//
+// More threads than CPUs never help compute-bound kernels: a job runs on at most as many
+// threads as the process may use CPUs (its affinity mask), whatever it asks for; its tasks
+// are the same, so are its results. Waiting (an idle worker for the next job, the caller for
+// the workers still in its job) spins, then yields, then sleeps on a condition variable.
+// Spinning pays when every thread has its core: LeViT's kernel calls follow each other within
+// microseconds, and a sleeping worker takes tens of microseconds to wake. When other
+// processes take the cores, a thread that spins on only keeps the core from the one whose
+// work it waits for: it soon yields, then sleeps.
+//
+// fork(): only the forking thread survives in the child. pthread_atfork handlers take both
+// locks before fork() (so no job is half published or half joined), release them in the
+// parent, and in the child reset the one pool in place: no workers, fresh locks and
+// condition variables. New workers start on the first job.
 #include "thread_pool.h"
 
-#include <unistd.h>
+#include <pthread.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -27,26 +44,52 @@ namespace {
 
 thread_local bool t_in_pool_job = false;
 
+// Spin iterations (one PAUSE each, ~0.3-0.5 ms in all), then yields, before sleeping.
+constexpr int kSpins = 20000;
+constexpr int kYields = 20;
+
+// CPUs this process may run on (its affinity mask), at least 1.
+int available_cpus() {
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Spin, then yield, until done() holds; false if it still does not (the caller then sleeps).
+template <typename Done>
+bool spin_then_yield(Done done) {
+  for (int i = 0; i < kSpins; ++i) {
+    if (done()) return true;
+    LEVIT_PAUSE();
+  }
+  for (int i = 0; i < kYields; ++i) {
+    if (done()) return true;
+    std::this_thread::yield();
+  }
+  return done();
+}
+
 class Pool {
  public:
-  // Leaked on purpose: joining threads during static destruction at interpreter exit is
+  // Never destroyed: joining threads during static destruction at interpreter exit is
   // fragile, and the OS reclaims them anyway.
   static Pool& get() {
-    static Pool* pool = new Pool();
-    if (pool->pid_ != getpid()) pool = new Pool();  // after fork() the workers are gone
+    static Pool* pool = create();
     return *pool;
   }
 
   void run(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn) {
-    std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
+    std::unique_lock<std::mutex> job(sync_.job, std::try_to_lock);
     if (!job.owns_lock() || t_in_pool_job) {
       for (int64_t t = 0; t < ntasks; ++t) fn(t);
       return;
     }
-    const int workers = static_cast<int>(std::min<int64_t>(nthreads, ntasks)) - 1;
+    const int workers = static_cast<int>(std::min<int64_t>({nthreads, ntasks, cpus_})) - 1;
     grow(workers);
     {
-      std::lock_guard<std::mutex> lk(mutex_);
+      std::lock_guard<std::mutex> lk(sync_.state);
       fn_ = &fn;
       ntasks_ = ntasks;
       next_.store(0, std::memory_order_relaxed);
@@ -54,21 +97,69 @@ class Pool {
       open_ = true;
       generation_.fetch_add(1, std::memory_order_release);
     }
-    cv_.notify_all();
+    sync_.wake.notify_all();
     t_in_pool_job = true;
     drain(fn, ntasks);
     t_in_pool_job = false;
     // Close the job, then wait only for the workers that joined it: a worker the OS has not
     // scheduled yet (the other core busy) must not hold up a call whose tasks are all done.
     {
-      std::lock_guard<std::mutex> lk(mutex_);
+      std::lock_guard<std::mutex> lk(sync_.state);
       open_ = false;
     }
-    while (joined_.load(std::memory_order_acquire) != 0) LEVIT_PAUSE();
+    const auto left = [this] { return joined_.load(std::memory_order_acquire) == 0; };
+    if (!spin_then_yield(left)) {
+      std::unique_lock<std::mutex> lk(sync_.state);
+      caller_waiting_ = true;
+      sync_.done.wait(lk, left);
+      caller_waiting_ = false;
+    }
   }
 
+  int workers() const { return workers_.load(std::memory_order_relaxed); }
+
  private:
-  Pool() : pid_(getpid()) {}
+  struct Sync {
+    std::mutex job;                    // one job at a time
+    std::mutex state;                  // guards the job description below
+    std::condition_variable wake;      // a job was published
+    std::condition_variable done;      // the last worker left a job whose caller sleeps
+  };
+
+  Pool() : cpus_(available_cpus()) {}
+
+  static Pool* create() {
+    Pool* pool = new Pool();
+    singleton() = pool;
+    pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child);
+    return pool;
+  }
+  static Pool*& singleton() {
+    static Pool* pool = nullptr;
+    return pool;
+  }
+  static void before_fork() {
+    singleton()->sync_.job.lock();
+    singleton()->sync_.state.lock();
+  }
+  static void after_fork_in_parent() {
+    singleton()->sync_.state.unlock();
+    singleton()->sync_.job.unlock();
+  }
+  static void after_fork_in_child() {
+    Pool& p = *singleton();
+    // The workers did not survive fork(): drop them (detached, so their std::thread objects
+    // own nothing). The locks are held by this thread and the condition variables may still
+    // count the parent's sleeping workers as waiters, which no longer exist: start all four
+    // afresh. (Not destroyed first: glibc's condition variable destructor waits for its
+    // waiters.)
+    p.threads_.clear();
+    p.workers_.store(0, std::memory_order_relaxed);
+    p.joined_.store(0, std::memory_order_relaxed);
+    p.open_ = false;
+    p.caller_waiting_ = false;
+    new (&p.sync_) Sync();
+  }
 
   void grow(int n) {
     while (static_cast<int>(threads_.size()) < n) {
@@ -78,6 +169,7 @@ class Pool {
       const uint64_t start = generation_.load(std::memory_order_acquire);
       threads_.emplace_back([this, id, start] { worker(id, start); });
       threads_.back().detach();
+      workers_.store(static_cast<int>(threads_.size()), std::memory_order_relaxed);
     }
   }
 
@@ -92,23 +184,19 @@ class Pool {
   void worker(int id, uint64_t seen) {
     t_in_pool_job = true;  // nested parallel_for inside a task runs inline
     for (;;) {
-      // Spin a little (a LeViT forward issues kernel calls back to back), then sleep.
-      uint64_t gen = seen;
-      for (int i = 0; i < 20000; ++i) {
-        gen = generation_.load(std::memory_order_acquire);
-        if (gen != seen) break;
-        LEVIT_PAUSE();
-      }
-      if (gen == seen) {
-        std::unique_lock<std::mutex> lk(mutex_);
-        cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      const auto published = [&] {
+        return generation_.load(std::memory_order_acquire) != seen;
+      };
+      if (!spin_then_yield(published)) {
+        std::unique_lock<std::mutex> lk(sync_.state);
+        sync_.wake.wait(lk, published);
       }
       const std::function<void(int64_t)>* fn;
       int64_t ntasks;
       {
         // Join the current job under the lock that closes it, or skip it: late (closed),
         // or it asked for fewer threads.
-        std::lock_guard<std::mutex> lk(mutex_);
+        std::lock_guard<std::mutex> lk(sync_.state);
         seen = generation_.load(std::memory_order_relaxed);
         if (!open_ || id >= wanted_) continue;
         fn = fn_;
@@ -116,19 +204,22 @@ class Pool {
         joined_.fetch_add(1, std::memory_order_relaxed);
       }
       drain(*fn, ntasks);
-      joined_.fetch_sub(1, std::memory_order_release);
+      if (joined_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(sync_.state);
+        if (caller_waiting_) sync_.done.notify_one();
+      }
     }
   }
 
-  const pid_t pid_;
-  std::mutex job_mutex_;  // one job at a time
-  std::mutex mutex_;      // guards the job description below
-  std::condition_variable cv_;
+  const int cpus_;
+  Sync sync_;
   std::vector<std::thread> threads_;
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t ntasks_ = 0;
   int wanted_ = 0;
   bool open_ = false;             // the job still takes workers
+  bool caller_waiting_ = false;   // the caller sleeps on Sync::done
+  std::atomic<int> workers_{0};
   std::atomic<int64_t> next_{0};
   std::atomic<int> joined_{0};    // workers inside the job
   std::atomic<uint64_t> generation_{0};
@@ -144,5 +235,7 @@ void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t
   }
   Pool::get().run(ntasks, nthreads, fn);
 }
+
+int thread_pool_workers() { return Pool::get().workers(); }
 
 }  // namespace levit

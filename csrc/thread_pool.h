@@ -1,10 +1,12 @@
 // thread_pool.h — a tiny persistent, torch-free parallel-for for the CPU kernels.
 //
 // LeViT's kernel calls last ~10-200 us, so starting threads per call is too slow. Workers are
-// created once (lazily, growing to the largest thread count asked for), spin briefly waiting
-// for work and then sleep on a condition variable. The calling thread takes part in the work.
-// With nthreads <= 1, or when the pool is already busy (a nested call or a second Python
-// thread), the loop simply runs inline on the caller.
+// created once (lazily, growing to the largest thread count asked for, but never beyond the
+// CPUs the process may use), spin briefly waiting for work, yield, then sleep on a condition
+// variable. The calling thread takes part in the work. With nthreads <= 1, or when
+// the pool is already busy (a nested call or a second Python thread), the loop simply runs
+// inline on the caller. A child process made by fork() gets the same pool, reset, without
+// the parent's workers (which do not survive fork).
 #pragma once
 
 #include <cstdint>
@@ -15,5 +17,8 @@ namespace levit {
 // Calls fn(task) once for every task in [0, ntasks), on up to `nthreads` threads. Tasks are
 // handed out dynamically (an atomic counter), so uneven tiles balance themselves.
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn);
+
+// Worker threads this process's pool has started (0 in a child until its first job).
+int thread_pool_workers();
 
 }  // namespace levit

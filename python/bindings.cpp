@@ -17,6 +17,7 @@
 #include "cpu_features.h"
 #include "forward.h"
 #include "gemm.h"
+#include "thread_pool.h"
 
 namespace py = pybind11;
 using Strides3 = std::array<int64_t, 3>;
@@ -97,6 +98,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("available_isas", &levit::available_isas, "Paths this CPU supports, best first.");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Switch the kernel path at run time (ValueError if the CPU lacks it).");
+  m.def("thread_pool_workers", &levit::thread_pool_workers,
+        "Worker threads the kernels' pool has started in this process.");
   // Facts the Python side reads from here rather than writing them again.
   m.attr("PANEL") = levit::kPanel;
   py::dict acts;
@@ -179,10 +182,11 @@ PYBIND11_MODULE(_C, m) {
           py::arg("w2_packed"), py::arg("b2"))
       .def(
           "set_head",
-          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t classes) {
-            p.set_head(ptr<const float>(packed), ptr<const float>(bias), classes);
+          [](levit::Program& p, std::uintptr_t packed, std::uintptr_t bias, int64_t in_features,
+             int64_t classes) {
+            p.set_head(ptr<const float>(packed), ptr<const float>(bias), in_features, classes);
           },
-          kw, py::arg("packed"), py::arg("bias"), py::arg("classes"))
+          kw, py::arg("packed"), py::arg("bias"), py::arg("in_features"), py::arg("classes"))
       .def_property_readonly("rows", &levit::Program::rows)
       .def_property_readonly("cols", &levit::Program::cols)
       .def_property_readonly("channels", &levit::Program::channels)

@@ -6,14 +6,17 @@ cached plan that several threads may find stale and rebuild at once. Results mus
 on any of that: every concurrent result is compared with torch.equal (bit for bit) to the same
 call made alone.
 """
+import os
+import signal
 import threading
+import time
 
 import pytest
 import torch
 
 from levit_kernels import LeViT, cpu
 
-from levit_testing import op_calls, randomize_
+from levit_testing import op_calls, randomize_, using_threads
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
 
@@ -94,3 +97,69 @@ def test_threads_rebuilding_a_stale_plan_at_once(shared_model):
         results = run_in_threads(lambda i: shared_model(images))
     for i, out in enumerate(results):
         assert torch.equal(out, expected), f"thread {i}: logits differ after the rebuild"
+
+
+# ---- the thread pool itself ----------------------------------------------------------------------
+def _pool_workers():
+    return cpu._lib().thread_pool_workers()
+
+
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def test_more_threads_than_cpus_start_no_more_workers_than_cpus():
+    """More threads than CPUs cannot speed up compute-bound kernels, and a pool that spins on
+    every one of them takes the cores from the threads doing the work: a job runs on at most
+    as many threads as there are CPUs (the caller and CPUS - 1 workers), with the same
+    results."""
+    calls = op_calls(tokens=49, channels=64, heads=4, key_dim=16)
+    with using_threads(1):
+        expected = {name: fn() for name, fn in calls.items()}
+    with using_threads(8 * CPUS):
+        for name, fn in calls.items():
+            assert torch.equal(fn(), expected[name]), name
+    assert _pool_workers() <= max(0, CPUS - 1)
+
+
+def _run_in_child(child, timeout=120):
+    """Forks; child() runs in the child, whose exit status (0 when child() returns True) is
+    returned. A child still running after `timeout` seconds (a deadlock) is killed."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if child() else 1
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung for {timeout} s")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_pool_after_fork():
+    """The parent's workers do not survive fork(). The child keeps the same pool, reset (no
+    workers, fresh locks), and four Python threads using it at once get the parent's
+    results and start no more than one pool's workers."""
+    calls = op_calls(tokens=49, channels=64, heads=4, key_dim=16)
+    names = list(calls)
+    with using_threads(2):
+        expected = {name: fn() for name, fn in calls.items()}
+        assert _pool_workers() >= min(1, CPUS - 1)
+
+        def child():
+            if _pool_workers() != 0:
+                return False
+            results = run_in_threads(lambda i: [(n, calls[n]()) for n in names * 5])
+            same = all(torch.equal(out, expected[n]) for outs in results for n, out in outs)
+            return same and _pool_workers() == min(1, CPUS - 1)
+
+        assert _run_in_child(child) == 0
+        for name, fn in calls.items():              # and the parent's pool still works
+            assert torch.equal(fn(), expected[name]), name

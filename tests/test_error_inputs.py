@@ -56,6 +56,9 @@ SIGNATURES = {
 }
 ALL = ("ops", "cpu", "gpu")
 PACKED = ("ops", "cpu")     # linear_packed / mlp_packed: CPU only
+# torch.ops.levit.* called directly: the schema's own conversions run before any wrapper
+# could check (a bool passed for a float would arrive as 1.0), so some cases name it too.
+REGISTERED = "registered"
 
 
 def device_of(impl):
@@ -63,8 +66,8 @@ def device_of(impl):
 
 
 def entry(impl, family):
-    """The public function: levit_kernels.{ops,cpu,gpu}.<family>."""
-    module = {"ops": ops, "cpu": cpu}.get(impl) or gpu
+    """The public function: levit_kernels.{ops,cpu,gpu}.<family>, or torch.ops.levit.<family>."""
+    module = {"ops": ops, "cpu": cpu, REGISTERED: torch.ops.levit}.get(impl) or gpu
     return getattr(module, family)
 
 
@@ -194,6 +197,8 @@ _SPECS = [
     (ATTN, ALL, lambda a, d: {"k": a["k"][None]}, ValueError, r"^k\b.*4 dim"),
     (ATTN, ALL, lambda a, d: {"bias": a["bias"][0]}, ValueError, r"^bias\b.*3 dim"),
     (ATTN, ALL, lambda a, d: {"scale": "0.5"}, TypeError, r"^scale\b.*float"),
+    (ATTN, ALL + (REGISTERED,), lambda a, d: {"scale": True}, TypeError,
+     r"^scale\b.*float.*bool"),
     # mismatched B / H / N / D
     (ATTN, ALL, lambda a, d: {"k": torch.cat([a["k"], a["k"][:1]])}, ValueError, r"^k\b.*shape"),
     (ATTN, ALL, lambda a, d: {"k": a["k"][..., :DK - 1]}, ValueError, r"^k\b.*shape"),
@@ -365,6 +370,44 @@ def test_bad_input_raises_naming_the_argument(op, builder, exc, pattern):
     fn, args, kwargs = builder()
     with pytest.raises(exc, match=pattern):
         fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- conv2d_packed's fake
+# The registered op's fake implementation (what torch.compile and meta tensors run) must refuse
+# what the kernel's launcher refuses, with the same error.
+CONV_ARGS = ("x", "packed", "out_channels", "kernel_size", "stride", "padding", "bias",
+             "activation")
+CONV_CASES = {
+    "x float64": (lambda a: {"x": a["x"].double()}, TypeError, r"^x\b.*float32.*float64"),
+    "x 3 dims": (lambda a: {"x": a["x"][0]}, ValueError, r"^x\b.*4 dim"),
+    "packed for 4 channels": (lambda a: {"packed": cpu.pack_conv_weight(torch.randn(5, 4, 3, 3))},
+                              ValueError, r"^packed\b.*shape"),
+    "out_channels": (lambda a: {"out_channels": 17}, ValueError, r"^packed\b.*shape"),
+    "bias": (lambda a: {"bias": a["bias"][:4]}, ValueError, r"^bias\b.*shape"),
+    "stride 0": (lambda a: {"stride": 0}, ValueError, r"^stride\b.*>= 1"),
+    "padding -1": (lambda a: {"padding": -1}, ValueError, r"^padding\b.*>= 0"),
+    "kernel past the image": (lambda a: {"kernel_size": 13, "padding": 0}, ValueError,
+                              r"^x\b.*smaller than"),
+    "activation": (lambda a: {"activation": "relu"}, ValueError, r"^activation\b.*'relu'"),
+}
+
+
+@needs_extension
+@pytest.mark.parametrize("edit, exc, pattern", CONV_CASES.values(), ids=CONV_CASES)
+def test_conv2d_packed_fake_checks_like_the_kernel(edit, exc, pattern):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    a = dict(x=torch.randn(2, 9, 11, 3), packed=cpu.pack_conv_weight(torch.randn(5, 3, 3, 3)),
+             out_channels=5, kernel_size=3, stride=2, padding=1, bias=torch.randn(5),
+             activation="hardswish")
+    a.update(edit(a))
+    args = [a[name] for name in CONV_ARGS]
+    with pytest.raises(exc, match=pattern):
+        cpu.conv2d_packed(*args)
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in args]
+        with pytest.raises(exc, match=pattern):
+            torch.ops.levit.conv2d_packed(*fake)
 
 
 # ---------------------------------------------------------------- the valid baseline

@@ -210,6 +210,34 @@ def test_head_of_the_wrong_width():
         stem().set_head(linear(5, 10))
 
 
+def test_the_cpp_program_checks_the_head_width_itself():
+    """The C++ Program, not only its Python wrapper: it reads in_features floats per token."""
+    program = stem()._program
+    head = linear(5, 10)
+    with pytest.raises(ValueError, match="head: expected 8 input features, got 5"):
+        program.set_head(packed=head.packed.data_ptr(), bias=head.bias.data_ptr(),
+                         in_features=5, classes=10)
+
+
+@pytest.mark.parametrize("after", ["mlp", "conv", "attention", "head"])
+def test_nothing_comes_after_the_head(after):
+    program = stem()
+    program.set_head(linear(8, 10))
+    add = {
+        "mlp": lambda: program.add_mlp(cpu.PackedMlp(torch.randn(16, 8), torch.randn(16),
+                                                     torch.randn(8, 16), torch.randn(8))),
+        "conv": lambda: program.add_conv(cpu.PackedConv(torch.randn(8, 8, 3, 3), None, 2, 1),
+                                         "none"),
+        "attention": lambda: program.add_attention(linear(8, 32), linear(16, 8),
+                                                   torch.randn(2, 256, 256), 2, 4, 8, 0.5,
+                                                   SELF_SLOT),
+        "head": lambda: program.set_head(linear(8, 3)),
+    }[after]
+    with pytest.raises(ValueError, match=f"^{after}: the head is already set"):
+        add()
+    assert program.output_features == 10
+
+
 def test_a_hand_built_program_equals_the_launchers():
     """A small program of every layer kind against the same layers called one by one."""
     torch.manual_seed(0)

@@ -4,6 +4,7 @@
     levit.py       LeViT, plain PyTorch with timm's parameter names; knows no kernels
     checkpoint.py  timm / original-release state dicts at any resolution, create_model
     plan.py        LeViT folded for inference and the backends that run it on the ops
+    state_key.py   what a plan depends on, recorded and checked again on every call
     fused.py       FusedLeViT: owns its plan, the plan's key and every hook that renews it
 """
 from .checkpoint import create_model, load_checkpoint

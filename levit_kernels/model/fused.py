@@ -5,26 +5,44 @@ training behaviour); what it adds is owned here, in one place:
 
 * the plan (plan.py): BatchNorm folded, biases gathered, CPU weights packed — derived state,
   built for one device and dtype;
-* the key that says whether the plan is still the model's: every parameter's and buffer's
-  storage and version counter, every submodule's identity, the device and dtype, checked on
-  every eager call;
+* the key that says whether the plan is still the model's (state_key.py: tensors, structure,
+  attributes and hooks), checked on every eager call, and under torch.compile once when the
+  graph is traced and again at run time by the graph itself (`levit::fused_plan_check`);
 * every lifecycle hook that drops or rebuilds the plan at once (`train()`/`eval()`, `.to()`,
-  `load_state_dict`, pickling, `refresh_fused()`), so torch.compile, which cannot run the
-  key's checks, always finds a current plan;
-* the backend of each forward (plan.py): the one-call CPU program, the launchers, or the
-  registered ops under torch.compile — chosen once here and passed down.
+  `load_state_dict`, pickling, `refresh_fused()`);
+* which forward runs: the fused kernels, or the plain layers whenever the kernels cannot give
+  the plain model's answer — training mode, images that require grad (the kernels have no
+  backward), torch.jit.trace and ONNX export (they cannot record or express the kernels),
+  torch.func transforms, and models the plan does not fold (a replaced or hooked layer);
+* the backend of each fused forward (plan.py): the one-call CPU program, the launchers, or
+  the registered ops under torch.compile — chosen once here and passed down.
 """
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
+from torch import Tensor
+from torch.library import custom_op
 
 from ..ops import checks, cpu
 from .levit import LeViT, check_images
-from .plan import PROGRAM, TORCH_OPS, FusedPlan, Launchers
+from .plan import PROGRAM, TORCH_OPS, FusedPlan, Launchers, UnsupportedModel
+from .state_key import StateKey
 
 _warned = set()      # one warning per reason per process
+# Live fused models by registry id: what the trace-time and run-time checks of torch.compile
+# find their model by (a compiled graph can carry an int, not a module).
+_LIVE: "weakref.WeakValueDictionary[int, FusedLeViT]" = weakref.WeakValueDictionary()
+
+
+class _PlainPlan:
+    """The plan of a model the fused plan does not fold (plan.UnsupportedModel): its forward
+    runs the plain layers until the model changes."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
 
 
 class FusedLeViT(LeViT):
@@ -32,18 +50,21 @@ class FusedLeViT(LeViT):
     `LeViT(..., fused=True)` or `create_model(..., fused=True)`."""
 
     fused = True
-    _plan = None        # FusedPlan, or None until the first eval-mode forward
+    _plan = None        # FusedPlan or _PlainPlan (each with .key), None until first needed
 
     def __init__(self, *args, fused: bool = True, **kwargs):
         if not fused:
             raise ValueError("fused: FusedLeViT always runs the fused ops; build LeViT(...) "
                              "for the plain model")
         super().__init__(*args, **kwargs)
+        _register(self)
 
     def forward(self, x: torch.Tensor):
         if self.training:
             return super().forward(x)
         check_images(x, self.img_size)
+        if _needs_plain_layers(self, x):
+            return super().forward(x)
         dtype = _compute_dtype(self, x)
         if not _kernels_support(x.device, dtype):
             _warn_once(("dtype", x.device.type, dtype),
@@ -53,38 +74,72 @@ class FusedLeViT(LeViT):
             return super().forward(x)
         if _extension_missing(x):
             return super().forward(x)
+        if torch.compiler.is_compiling():
+            return self._traced_forward(x, dtype)
+        plan = self._current_plan(x.device, dtype)
+        if isinstance(plan, _PlainPlan):
+            return super().forward(x)
         with torch.no_grad():
-            plan = self._current_plan(x.device, dtype)
-            return _backend(plan).run(plan, x)
+            logits = _backend(plan).run(plan, x)
+        anchor = _parameter_requiring_grad(self) if torch.is_grad_enabled() else None
+        return logits if anchor is None else _NoBackward.apply(logits, anchor)
 
     # -- the plan and its key -----------------------------------------------------------------
-    def _current_plan(self, device: torch.device, dtype: torch.dtype) -> FusedPlan:
+    def _current_plan(self, device: torch.device, dtype: torch.dtype):
         plan = self._plan
-        if torch.compiler.is_compiling():
-            # Under torch.compile the plan built eagerly before tracing is used as is (version
-            # counters are not traceable); the hooks below rebuild it at once on every change
-            # they see, and an in-place edit is seen by the next eager call or recompile.
-            if plan is None:
-                raise RuntimeError("torch.compile of a fused LeViT: run one eager forward first "
-                                   "(model(images)) so the fused weights exist before tracing")
-            return plan
-        if plan is None or plan.key != _state_key(plan.slots, device, dtype):
+        if (plan is None or plan.key.device != device or plan.key.dtype != dtype
+                or not plan.key.matches(self)):
             plan = self._build_plan(device, dtype)
         return plan
 
-    def _build_plan(self, device: torch.device, dtype: torch.dtype) -> FusedPlan:
-        with torch.no_grad():
-            plan = FusedPlan(self, device, dtype)
-        plan.slots = _state_slots(self)
-        plan.key = _state_key(plan.slots, device, dtype)
+    def _build_plan(self, device: torch.device, dtype: torch.dtype):
+        # The key first: an edit made while the plan folds then shows at the next call.
+        key = StateKey(self, device, dtype)
+        try:
+            with torch.no_grad():
+                plan = FusedPlan(self, device, dtype)
+        except UnsupportedModel as exc:
+            plan = _PlainPlan(f"{_module_name(self, exc.module)} {exc.problem}")
+            _warn_once(("unfused", plan.problem),
+                       f"LeViT(fused=True) runs the plain layers: {plan.problem}")
+        if key.has_inference_tensors():
+            _warn_once("inference", "LeViT(fused=True): the model holds inference tensors "
+                                    "(made under torch.inference_mode()), which have no "
+                                    "version counter: after editing them in place, call "
+                                    "model.refresh_fused()")
+        plan.key = key
         self._plan = plan
         return plan
+
+    # -- torch.compile and torch.export --------------------------------------------------------
+    def _traced_forward(self, x: torch.Tensor, dtype: torch.dtype):
+        if torch.compiler.is_exporting():
+            # An exported program must stand alone, so it cannot lean on this model's cache:
+            # the plan is built inside the graph, from the parameters the program lifts (the
+            # CPU weights stay unpacked: packing is a C++ call no graph can record).
+            try:
+                plan = FusedPlan(self, x.device, dtype, pack=False)
+            except UnsupportedModel:
+                return super().forward(x)
+            return TORCH_OPS.run(plan, x)
+        # torch.compile traces the plan that is current now (built eagerly, outside the
+        # trace) and reads it on every call through self._plan; the graph then checks at run
+        # time that it still is the model's. Dynamo guards on the plan's generation, so a
+        # plan rebuilt since (an eager call, a hook, the check below) means a recompile.
+        _plan_for_trace(self._registry_id, x.device, dtype)
+        plan = self._plan
+        if isinstance(plan, _PlainPlan):
+            return super().forward(x)
+        logits = TORCH_OPS.run(plan, x)
+        return torch.ops.levit.fused_plan_check(logits, x, self._registry_id,
+                                                plan.key.generation)
 
     # -- lifecycle hooks: a change the key would catch late is acted on at once ----------------
     def refresh_fused(self):
         """Rebuild the fused path's folded/packed weights now. Needed only after edits the
         cache cannot see: in-place changes through `.data` (which has its own version counter,
-        e.g. `p.data.mul_(...)`); everything else rebuilds it by itself."""
+        e.g. `p.data.mul_(...)`) and in-place changes to inference tensors (which have none);
+        everything else rebuilds it by itself."""
         self._refresh()
 
     def _refresh(self):
@@ -118,52 +173,125 @@ class FusedLeViT(LeViT):
         state.pop("_plan", None)
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _register(self)     # a copy is another model: its own id
+
 
 LeViT.fused_class = FusedLeViT
 
 
+def _register(model: FusedLeViT) -> None:
+    model._registry_id = id(model)
+    _LIVE[model._registry_id] = model
+
+
+def _plan_for_trace(registry_id: int, device: torch.device, dtype: torch.dtype) -> int:
+    """The model's current plan for this device and dtype, built or rebuilt if need be;
+    returns its generation. torch.compile calls this at trace time instead of tracing it
+    (it reads tensors' version counters and runs C++ packing, which no trace can record)."""
+    return _LIVE[registry_id]._current_plan(device, dtype).key.generation
+
+
+# What torch.compiler.assume_constant_result(fn) does (set this flag: tests/
+# test_pytorch_patterns.py checks that it still does), without importing torch._dynamo, which
+# takes seconds, whenever levit_kernels is imported.
+_plan_for_trace._dynamo_marked_constant = True
+
+
+# The check is Python that must run on every call: a CUDA graph replaying the compiled forward
+# would skip it, so inductor is told to keep it out of CUDA graphs.
+_RUN_EVERY_CALL = tuple(getattr(torch.Tag, name) for name in ("cudagraph_unsafe",)
+                        if hasattr(torch.Tag, name))
+
+
+@custom_op("levit::fused_plan_check", mutates_args=(), device_types=("cpu", "cuda"),
+           tags=_RUN_EVERY_CALL)
+def _fused_plan_check(logits: Tensor, images: Tensor, registry_id: int,
+                      generation: int) -> Tensor:
+    """The last op of a compiled fused forward: its logits if the plan it traced is still the
+    model's; if not (the weights were edited in place after compiling, an attribute
+    changed...), the eager fused forward's, which rebuilds the plan (and the next call
+    recompiles, the plan's generation having changed)."""
+    model = _LIVE.get(registry_id)
+    if model is None:
+        raise RuntimeError("levit::fused_plan_check: the fused LeViT this compiled graph was "
+                           "traced from no longer exists")
+    plan = model._plan
+    if plan is not None and plan.key.generation == generation and plan.key.matches(model):
+        return logits.clone()      # an op's output may not alias its input
+    _warn_once("recompute", "LeViT(fused=True) under torch.compile: the model changed after "
+                            "its graph was traced; this call ran the eager fused forward, and "
+                            "the next one recompiles")
+    with torch.no_grad():
+        return torch.compiler.disable(model.forward)(images)
+
+
+@_fused_plan_check.register_fake
+def _(logits, images, registry_id, generation):
+    return torch.empty_like(logits)
+
+
+def _needs_plain_layers(model: LeViT, x: torch.Tensor) -> bool:
+    """Whether this eval-mode forward must run the plain layers whatever the plan."""
+    if torch.jit.is_tracing():
+        # The eager fused forward is one C++ call: the tracer would record only the empty
+        # output it fills. Traced graphs (and TorchScript ONNX files) get the plain layers.
+        _warn_once("jit", "torch.jit.trace (and the TorchScript torch.onnx.export) of "
+                          "LeViT(fused=True) records the plain layers, not the fused kernels, "
+                          "which the tracer cannot see; torch.compile and torch.export trace "
+                          "the fused ops")
+        return True
+    if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():
+        return True         # ONNX has no levit::* operators: export the plain layers
+    if torch.is_grad_enabled() and (x.requires_grad or (
+            torch.compiler.is_compiling() and _parameter_requiring_grad(model) is not None)):
+        # The kernels have no backward: gradients w.r.t. the images (saliency maps,
+        # adversarial examples) come from the plain layers, and so does a graph that autograd
+        # will differentiate. (Eager calls with only the parameters requiring grad run fused:
+        # see _NoBackward.)
+        return True
+    # vmap, grad, jacrev...: their wrapped tensors have no data for the C++ kernels to read.
+    return torch._C._are_functorch_transforms_active()
+
+
+def _parameter_requiring_grad(model: LeViT):
+    return next((p for p in model.parameters() if p.requires_grad), None)
+
+
+class _NoBackward(torch.autograd.Function):
+    """Fused eval-mode logits computed with grad mode on and the parameters requiring grad
+    (inference without torch.no_grad(), the common case): they stay fused and fast, but, like
+    the plain model's, they require grad, and backward() says what to do instead of autograd's
+    generic complaint about a tensor without grad_fn. `anchor` is one of those parameters."""
+
+    @staticmethod
+    def forward(ctx, logits, anchor):
+        return logits.clone()       # a Function's output may not be its input
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            "LeViT(fused=True) ran this eval-mode forward on its fused kernels, which have no "
+            "backward. For gradients w.r.t. the weights use the plain layers: model.train(), "
+            "or LeViT(..., fused=False) with the same state dict. (Images that require grad "
+            "run the plain layers by themselves; inference needs torch.no_grad().)")
+
+
 def _backend(plan: FusedPlan):
-    """How this forward runs the plan: the registered ops under torch.compile (which must see
-    them to trace the graph), the one-call program on CPU, the GPU launchers otherwise (the
-    torch.ops dispatcher's per-call cost is measurable at ~50 calls per forward)."""
-    if torch.compiler.is_compiling():
-        return TORCH_OPS
+    """How an eager forward runs the plan: the one-call program on CPU, the GPU launchers
+    otherwise (the torch.ops dispatcher's per-call cost is measurable at ~50 calls per
+    forward). Under torch.compile it is TORCH_OPS (_traced_forward)."""
     if plan.program is not None:
         return PROGRAM
     return Launchers(plan.device)
 
 
-def _state_slots(model: LeViT):
-    """Where every submodule, parameter and buffer lives: (owning dict, name) pairs.
-
-    Walking the module tree (model.parameters()) on every forward is a visible part of a
-    batch-1 forward; the slots are found once per plan and then read directly. Reading them
-    afresh still notices a tensor or a submodule put in place of another
-    (model.head = ..., module.weight = ...): a replaced module's identity changes the key.
-    BatchNorm's num_batches_tracked is left out: folding never reads it."""
-    tensor_slots, module_slots = [], []
-    for module in model.modules():
-        tensor_slots += [(module._parameters, name) for name in module._parameters]
-        tensor_slots += [(module._buffers, name) for name in module._buffers
-                         if name != "num_batches_tracked"]
-        module_slots += [(module._modules, name) for name in module._modules]
-    return tensor_slots, module_slots
-
-
-def _state_key(slots, device, dtype):
-    """What the plan depends on: every tensor's storage and in-place version, every submodule's
-    identity, the device and dtype. (Edits through `.data` bypass the version counter: call
-    model.refresh_fused() after them.)"""
-    tensor_slots, module_slots = slots
-    key = [device, dtype]
-    for owner, name in tensor_slots:
-        t = owner[name]
-        if t is not None:
-            key += (t.data_ptr(), t._version)
-    # the modules themselves, not id()s: the key keeps them alive, so a new module can never
-    # reuse a replaced one's address
-    key += [owner[name] for owner, name in module_slots]
-    return tuple(key)
+def _module_name(model: LeViT, module) -> str:
+    if module is model:
+        return "the model"
+    return next((f"model.{name}" for name, m in model.named_modules() if m is module),
+                type(module).__name__)
 
 
 def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:

@@ -114,15 +114,16 @@ class Subsample(nn.Module):
         return x[:, ::self.stride, ::self.stride].reshape(batch, -1, channels)
 
 
-def bias_offsets(q_res: Tuple[int, int], k_res: Tuple[int, int], stride: int) -> torch.Tensor:
+def bias_offsets(q_res: Tuple[int, int], k_res: Tuple[int, int], stride: int,
+                 device=None) -> torch.Tensor:
     """(Nq, Nk) index into a per-head table of Nk entries: the |dy|, |dx| offset of each pair.
 
     Query i sits at grid point stride*(row, col) of the key grid; the table is laid out like the
     key grid, so offset (dy, dx) is entry dy * k_cols + dx.
     """
     def grid(rows, cols, step):
-        r, c = torch.meshgrid(torch.arange(0, rows * step, step), torch.arange(0, cols * step, step),
-                              indexing="ij")
+        r, c = torch.meshgrid(torch.arange(0, rows * step, step, device=device),
+                              torch.arange(0, cols * step, step, device=device), indexing="ij")
         return torch.stack([r.flatten(), c.flatten()])       # (2, rows*cols)
 
     q_pos, k_pos = grid(*q_res, stride), grid(*k_res, 1)
@@ -147,13 +148,36 @@ def slot_offsets(parts: Dict[str, int]) -> Dict[str, int]:
 
 
 class AttentionBias(nn.Module):
-    """Learned per-head bias `attention_biases` (H, Nk) gathered to (H, Nq, Nk) by offset."""
+    """Learned per-head bias `attention_biases` (H, Nk) gathered to (H, Nq, Nk) by offset.
+
+    The offsets `attention_bias_idxs` follow from the grids alone, so (as in timm) they are a
+    non-persistent buffer, absent from state dicts. Nothing but this module writes them, so
+    they are rebuilt whenever their contents cannot be trusted: after every `_apply` (`.to()`
+    moves them, but `to_empty()` leaves them uninitialised, and a meta-device model has no
+    values at all) and after a state dict is loaded into the module (`load_state_dict(...,
+    assign=True)` into a meta-device model leaves them on meta).
+    """
 
     def _init_bias(self, heads: int, q_res: Tuple[int, int], k_res: Tuple[int, int], stride: int):
+        self.query_resolution, self.bias_stride = q_res, stride
         self.key_resolution = k_res     # the table is laid out like this (rows, cols) grid
         self.attention_biases = nn.Parameter(torch.zeros(heads, k_res[0] * k_res[1]))
         self.register_buffer("attention_bias_idxs", bias_offsets(q_res, k_res, stride),
                              persistent=False)
+
+    def reset_bias_idxs(self) -> None:
+        """Recompute `attention_bias_idxs` on the device of `attention_biases`."""
+        self.attention_bias_idxs = bias_offsets(self.query_resolution, self.key_resolution,
+                                                self.bias_stride, self.attention_biases.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.reset_bias_idxs()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.reset_bias_idxs()
 
     def gathered_bias(self) -> torch.Tensor:
         return self.attention_biases[:, self.attention_bias_idxs]

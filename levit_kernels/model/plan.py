@@ -22,91 +22,204 @@ The layers hold data only; a backend's linear / mlp / conv / attention run them.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import prune
 
 from .. import ops
 from ..ops import cpu
-from .levit import AttentionDownsample, LeViT, LevitMlp, slot_offsets, split_heads
+from .levit import (Attention, AttentionDownsample, ConvNorm, LeViT, LevitBlock, LevitDownsample,
+                    LevitMlp, LevitStage, LinearNorm, NormLinear, Stem16, Subsample, slot_offsets,
+                    split_heads)
+
+
+class UnsupportedModel(Exception):
+    """The model is not the LeViT the plan folds: a layer replaced by another kind, a layer
+    with forward hooks or in training mode, a convolution the stem kernel does not take...
+    The fused model then runs the plain layers, which give the plain model's answer by
+    definition. `module` is the offending submodule (its name is looked up for messages)."""
+
+    def __init__(self, module: nn.Module, problem: str):
+        super().__init__(problem)
+        self.module, self.problem = module, problem
+
+
+def _expect(module, cls):
+    """`module` computes what folding it as a `cls` assumes, or UnsupportedModel says why not.
+
+    Its class must be `cls` or a subclass with `cls`'s forward (parametrize's generated
+    `Parametrized*` classes are such subclasses; a user subclass overriding forward is not);
+    it must not be in training mode if that changes what it computes (BatchNorm, stochastic
+    depth; a new nn.Linear head is in training mode and computes the same); and it must have
+    no forward hooks, which the plain forward would run and the fused one cannot, except
+    torch.nn.utils.prune's pre-hook, which only recomputes `weight = weight_orig *
+    weight_mask` (applied while the plan folds)."""
+    if not isinstance(module, cls) or type(module).forward is not cls.forward:
+        raise UnsupportedModel(module, f"is a {type(module).__name__} where the fused plan folds "
+                                       f"a {cls.__name__}")
+    if module.training and (isinstance(module, nn.modules.batchnorm._BatchNorm)
+                            or getattr(module, "drop_path", 0) > 0):
+        raise UnsupportedModel(module, "is in training mode while the model is in eval mode")
+    if module._forward_hooks or any(not isinstance(hook, prune.BasePruningMethod)
+                                    for hook in module._forward_pre_hooks.values()):
+        raise UnsupportedModel(module, "has forward hooks, which only the plain layers run")
+    return module
+
+
+def _expect_sequence(seq, classes):
+    """A Sequential (its forward runs every child, in order) of exactly these layers."""
+    _expect(seq, nn.Sequential)
+    children = list(seq._modules.values())
+    if len(children) != len(classes):
+        raise UnsupportedModel(seq, f"has {len(children)} layers where the fused plan folds "
+                                    f"{len(classes)}")
+    return [_expect(child, cls) for child, cls in zip(children, classes)]
+
+
+@contextlib.contextmanager
+def _pruned(model: nn.Module):
+    """Every pruned tensor as the plain forward's pre-hook sets it before each call (weight =
+    weight_orig * weight_mask), while the plan folds; then as it was (under torch.export the
+    values are traced tensors that must not stay behind in the model)."""
+    saved = []
+    try:
+        for module in model.modules():
+            for hook in list(module._forward_pre_hooks.values()):
+                if isinstance(hook, prune.BasePruningMethod):
+                    name = hook._tensor_name
+                    saved.append((module, name, getattr(module, name)))
+                    setattr(module, name, hook.apply_mask(module))
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
 
 
 # -- BatchNorm folding (in float64, rounded once to the plan's dtype) --------------------------
-def _bn_scale_shift(bn):
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return scale, bn.bias.double() - bn.running_mean.double() * scale
+def _bn_scale_shift(bn, bias=None):
+    """BN(y + bias) == scale * y + shift, in eval mode (the running statistics).
+
+    BN without running statistics normalises with the batch's own even in eval mode, and a
+    BN without affine parameters has weight/bias None: the former cannot be folded, the latter
+    folds with gain 1 and shift 0."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnsupportedModel(bn, "has no running statistics (it normalises each batch by its "
+                                   "own), which cannot be folded")
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    scale = 1 / std if bn.weight is None else bn.weight.double() / std
+    mean = bn.running_mean.double()
+    shift = -mean * scale if bias is None else (bias.double() - mean) * scale
+    return scale, shift if bn.bias is None else shift + bn.bias.double()
 
 
 def fold_linear_norm(ln):
-    """Linear (no bias) -> BN  ==  Linear with weight W*s (rows) and bias beta - mean*s."""
-    scale, shift = _bn_scale_shift(ln.bn)
-    return ln.linear.weight.double() * scale[:, None], shift
+    """Linear -> BN  ==  Linear with weight W*s (rows) and bias beta + (b - mean)*s."""
+    linear, bn = _expect(ln.linear, nn.Linear), _expect(ln.bn, nn.BatchNorm1d)
+    scale, shift = _bn_scale_shift(bn, linear.bias)
+    return linear.weight.double() * scale[:, None], shift
 
 
 def fold_conv_norm(cn):
-    scale, shift = _bn_scale_shift(cn.bn)
-    return cn.linear.weight.double() * scale[:, None, None, None], shift
+    conv, bn = _expect(cn.linear, nn.Conv2d), _expect(cn.bn, nn.BatchNorm2d)
+    scale, shift = _bn_scale_shift(bn, conv.bias)
+    return conv.weight.double() * scale[:, None, None, None], shift
 
 
 def fold_norm_linear(nl):
     """BN -> Linear  ==  Linear with weight W*s (columns) and bias b + W @ (beta - mean*s)."""
-    scale, shift = _bn_scale_shift(nl.bn)
-    weight = nl.linear.weight.double()
-    return weight * scale[None, :], nl.linear.bias.double() + weight @ shift
+    bn, linear = _expect(nl.bn, nn.BatchNorm1d), _expect(nl.linear, nn.Linear)
+    scale, shift = _bn_scale_shift(bn)
+    weight = linear.weight.double()
+    bias = weight @ shift
+    return weight * scale[None, :], bias if linear.bias is None else bias + linear.bias.double()
+
+
+def fold_head(head):
+    """A classifier head as (weight, bias): LeViT's BN + Linear, or a plain Linear put in its
+    place (fine-tuning); None for nn.Identity (pooled features)."""
+    if isinstance(head, NormLinear):
+        return fold_norm_linear(_expect(head, NormLinear))
+    if isinstance(head, nn.Linear):
+        linear = _expect(head, nn.Linear)
+        weight = linear.weight.double()
+        bias = torch.zeros_like(weight[:, 0]) if linear.bias is None else linear.bias.double()
+        return weight, bias
+    _expect(head, nn.Identity)
+    return None
 
 
 # -- folded layers ----------------------------------------------------------------------------
 class FusedLinear:
     """A folded linear layer: (N, K) weight and bias, plus on CPU the weight packed once
-    (cpu.PackedLinear, which also checks it once instead of per call)."""
+    (cpu.PackedLinear, which also checks it once instead of per call) unless pack=False."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, device, dtype):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, device, dtype, pack=True):
         self.out_features = weight.shape[0]
         self.weight = weight.to(device=device, dtype=dtype).contiguous()
         self.bias = bias.to(device=device, dtype=dtype).contiguous()
-        self.cpu = cpu.PackedLinear(self.weight, self.bias) if device.type == "cpu" else None
+        self.cpu = (cpu.PackedLinear(self.weight, self.bias) if pack and device.type == "cpu"
+                    else None)
 
 
 class FusedConv:
     """A stem convolution (3x3, stride 2, padding 1 in LeViT) with its BatchNorm folded in;
     on CPU packed once for the implicit-GEMM kernel (NHWC, Hardswish in its epilogue)."""
 
-    def __init__(self, conv_norm, device, dtype):
-        weight, bias = fold_conv_norm(conv_norm)
+    def __init__(self, conv_norm, device, dtype, pack=True):
+        weight, bias = fold_conv_norm(_expect(conv_norm, ConvNorm))
         conv = conv_norm.linear
+        # What the kernels take: a square kernel, one stride and one zero padding for both
+        # directions, no dilation or groups.
+        if (len(set(conv.stride)) != 1 or not isinstance(conv.padding, tuple)
+                or len(set(conv.padding)) != 1 or conv.kernel_size[0] != conv.kernel_size[1]
+                or set(conv.dilation) != {1} or conv.groups != 1 or conv.padding_mode != "zeros"):
+            raise UnsupportedModel(conv, "is not a square convolution with equal strides and "
+                                         "zero padding, dilation 1 and groups 1")
         self.stride, self.padding = conv.stride[0], conv.padding[0]
         self.out_channels, self.kernel_size = weight.shape[0], weight.shape[-1]
         self.weight = weight.to(device=device, dtype=dtype).contiguous()
         self.bias = bias.to(device=device, dtype=dtype).contiguous()
         self.cpu = (cpu.PackedConv(self.weight, self.bias, self.stride, self.padding)
-                    if device.type == "cpu" else None)
+                    if pack and device.type == "cpu" else None)
 
 
 class FusedMlp:
-    def __init__(self, mlp: LevitMlp, device, dtype):
-        self.fc1 = FusedLinear(*fold_linear_norm(mlp.ln1), device, dtype)
-        self.fc2 = FusedLinear(*fold_linear_norm(mlp.ln2), device, dtype)
+    def __init__(self, mlp: LevitMlp, device, dtype, pack=True):
+        _expect(mlp, LevitMlp)
+        _expect(mlp.act, nn.Hardswish)
+        self.fc1 = FusedLinear(*fold_linear_norm(_expect(mlp.ln1, LinearNorm)), device, dtype,
+                               pack)
+        self.fc2 = FusedLinear(*fold_linear_norm(_expect(mlp.ln2, LinearNorm)), device, dtype,
+                               pack)
         self.cpu = (cpu.PackedMlp(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-                    if device.type == "cpu" else None)
+                    if pack and device.type == "cpu" else None)
 
 
 class FusedAttention:
     """Self-attention block (residual) or shrinking attention (queries subsampled)."""
 
-    def __init__(self, attn, device, dtype):
+    def __init__(self, attn, device, dtype, pack=True):
+        self.shrinking = isinstance(attn, AttentionDownsample)
+        _expect(attn, AttentionDownsample if self.shrinking else Attention)
         self.heads, self.key_dim, self.val_dim = attn.num_heads, attn.key_dim, attn.val_dim
         self.scale = attn.scale
         self.head_parts = dict(attn.head_parts)     # the projection's per-head layout
         self.bias = attn.gathered_bias().detach().to(device=device, dtype=dtype).contiguous()
-        self.proj = FusedLinear(*fold_linear_norm(attn.proj.ln), device, dtype)
-        self.shrinking = isinstance(attn, AttentionDownsample)
+        _, proj = _expect_sequence(attn.proj, [nn.Hardswish, LinearNorm])
+        self.proj = FusedLinear(*fold_linear_norm(proj), device, dtype, pack)
         if self.shrinking:
-            self.qkv = FusedLinear(*fold_linear_norm(attn.kv), device, dtype)
-            self.q = FusedLinear(*fold_linear_norm(attn.q.ln), device, dtype)
-            self.stride, self.resolution = attn.q.down.stride, attn.q.down.resolution
+            down, q = _expect_sequence(attn.q, [Subsample, LinearNorm])
+            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.kv, LinearNorm)), device,
+                                   dtype, pack)
+            self.q = FusedLinear(*fold_linear_norm(q), device, dtype, pack)
+            self.stride, self.resolution = down.stride, down.resolution
         else:
-            self.qkv = FusedLinear(*fold_linear_norm(attn.qkv), device, dtype)
+            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.qkv, LinearNorm)), device,
+                                   dtype, pack)
 
     def __call__(self, x, kernels):
         views = split_heads(kernels.linear(self.qkv, x), self.heads, self.head_parts)
@@ -122,30 +235,54 @@ class FusedAttention:
 
 
 class FusedPlan:
-    """Everything the fused forward reads, folded from one model on one device and dtype."""
+    """Everything the fused forward reads, folded from one model on one device and dtype.
 
-    def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype):
+    Building one checks that every layer the plain forward would run is one the plan folds
+    (else UnsupportedModel). pack=False leaves the CPU weights unpacked and builds no CPU
+    program: what torch.export traces, where the plan is built inside the exported graph."""
+
+    def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype, pack=True):
         self.device, self.dtype = device, dtype
-        self.stem = [FusedConv(getattr(model.stem, name), device, dtype)
-                     for name in ("conv1", "conv2", "conv3", "conv4")]
+        if (type(model).forward_features is not LeViT.forward_features
+                or type(model).forward_head is not LeViT.forward_head):
+            raise UnsupportedModel(model, "overrides forward_features or forward_head")
+        with _pruned(model):
+            self._fold(model, device, dtype, pack)
+
+    def _fold(self, model, device, dtype, pack):
+        stem = _expect_sequence(_expect(model.stem, Stem16),
+                                [ConvNorm, nn.Hardswish] * 3 + [ConvNorm])
+        self.stem = [FusedConv(conv, device, dtype, pack) for conv in stem[::2]]
         self.layers: List = []
-        for stage in model.stages:
-            if not isinstance(stage.downsample, torch.nn.Identity):
-                self.layers.append(FusedAttention(stage.downsample.attn_downsample, device, dtype))
-                self.layers.append(FusedMlp(stage.downsample.mlp, device, dtype))
-            for block in stage.blocks:
-                self.layers.append(FusedAttention(block.attn, device, dtype))
-                self.layers.append(FusedMlp(block.mlp, device, dtype))
-        self.head: Optional[FusedLinear] = None
-        if model.num_classes > 0:
-            weight, bias = fold_norm_linear(model.head)
-            if model.distillation:       # eval averages the heads: average their weights
-                weight_d, bias_d = fold_norm_linear(model.head_dist)
-                weight, bias = (weight + weight_d) / 2, (bias + bias_d) / 2
-            self.head = FusedLinear(weight, bias, device, dtype)
+        for stage in _expect_sequence(model.stages, [LevitStage] * len(model.stages)):
+            if isinstance(stage.downsample, nn.Identity):
+                _expect(stage.downsample, nn.Identity)
+            else:
+                down = _expect(stage.downsample, LevitDownsample)
+                self.layers.append(FusedAttention(down.attn_downsample, device, dtype, pack))
+                self.layers.append(FusedMlp(down.mlp, device, dtype, pack))
+            for block in _expect_sequence(stage.blocks, [LevitBlock] * len(stage.blocks)):
+                self.layers.append(FusedAttention(block.attn, device, dtype, pack))
+                self.layers.append(FusedMlp(block.mlp, device, dtype, pack))
+        self.head: Optional[FusedLinear] = self._fold_heads(model, device, dtype, pack)
         in_channels = model.stem.conv1.linear.in_channels
-        self.program = (self._cpu_program(in_channels, model.img_size) if device.type == "cpu"
-                        else None)
+        self.program = (self._cpu_program(in_channels, model.img_size)
+                        if pack and device.type == "cpu" else None)
+
+    @staticmethod
+    def _fold_heads(model, device, dtype, pack) -> Optional[FusedLinear]:
+        """The classifier; with distillation, eval averages both heads: average their weights.
+        None (pooled features) when the heads are nn.Identity."""
+        heads = [fold_head(model.head)]
+        if model.distillation:
+            heads.append(fold_head(model.head_dist))
+        if all(h is None for h in heads):
+            return None
+        if any(h is None for h in heads):
+            raise UnsupportedModel(model, "has one classifier head and one nn.Identity head")
+        weight = sum(w for w, _ in heads) / len(heads)
+        bias = sum(b for _, b in heads) / len(heads)
+        return FusedLinear(weight, bias, device, dtype, pack)
 
     def _cpu_program(self, in_channels: int, img_size) -> cpu.ForwardProgram:
         """These layers as one cpu.ForwardProgram (what PROGRAM runs)."""
@@ -183,8 +320,8 @@ class _LayerByLayer:
 
     def run(self, plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
         x = images.to(plan.dtype)
-        nhwc = plan.device.type == "cpu"
-        if nhwc:                         # the CPU stem is NHWC: its output is already (B, N, C)
+        nhwc = plan.stem[0].cpu is not None
+        if nhwc:                         # the packed CPU stem is NHWC: its output is (B, N, C)
             x = x.permute(0, 2, 3, 1)    # a view: the first conv reads NCHW images in place
         for i, conv in enumerate(plan.stem):
             x = self.conv(conv, x, "hardswish" if i < len(plan.stem) - 1 else "none")

@@ -96,6 +96,8 @@ def check_numel(shape, names: str, what: str) -> None:
 def check_scale(scale) -> float:
     """The softmax scale: a real number or a one-element tensor (NaN/inf are allowed and
     propagate as in the reference)."""
+    if isinstance(scale, torch.SymFloat):     # a symbolic float under torch.compile
+        return scale
     ok = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
     ok = ok or (isinstance(scale, torch.Tensor) and scale.numel() == 1
                 and not scale.dtype.is_complex and scale.dtype != torch.bool)
@@ -104,9 +106,10 @@ def check_scale(scale) -> float:
     return float(scale)
 
 
-def check_attention(q, k, v, bias, *, probs: bool = False,
+def check_attention(q, k, v, bias, *, probs: bool = False, scale=None,
                     allowed: Mapping = OP_DTYPES, devices: str = "") -> Tuple[int, ...]:
-    """q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv) (None for probs=True), bias (H,Nq,Nk).
+    """q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv) (None for probs=True), bias (H,Nq,Nk),
+    and the scale when given (the registered ops' schema takes any Python number, bool too).
 
     Returns (B, H, Nq, Nk, Dk, Dv) with Dv = 0 for probs=True.
     """
@@ -136,6 +139,8 @@ def check_attention(q, k, v, bias, *, probs: bool = False,
     else:
         check_numel((batch, n_q, heads * d_v), "q, v", "the output (B, Nq, H*Dv) =")
     check_same([("q", q), ("k", k), ("v", v), ("bias", bias)], allowed, devices)
+    if scale is not None:
+        check_scale(scale)
     return batch, heads, n_q, n_k, d_k, d_v
 
 
@@ -247,3 +252,37 @@ def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, allowed: Mapping = OP_
     check_same([("x", x), (w1_name, w1), ("b1", b1), (w2_name, w2), ("b2", b2)], allowed,
                devices)
     return channels, hidden
+
+
+def _pair(name: str, value, minimum: int):
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+        raise ValueError(f"{name}: expected an int or a pair of ints >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_conv2d_packed(x, packed, out_channels, kernel_size, stride, padding, bias, activation,
+                        *, allowed: Mapping = OP_DTYPES, devices: str = ""):
+    """x (B, H, W, Cin) NHWC of any strides, packed from pack_conv_weight for a (Cout, Cin, kh,
+    kw) weight, a kernel_size int or pair, stride >= 1, padding >= 0, bias (Cout,) or None.
+    Returns (B, H, W, Cin, kh, kw, Ho, Wo)."""
+    check_activation(activation)
+    check_tensor(x, "x", ndim=4, unit_last_stride=False)
+    kh, kw = _pair("kernel_size", kernel_size, 1)
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+        _fail(ValueError, "stride", f"expected an int >= 1, got {stride!r}")
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        _fail(ValueError, "padding", f"expected an int >= 0, got {padding!r}")
+    batch, h, w, cin = x.shape
+    if cin < 1:
+        _fail(ValueError, "x", f"expected at least one channel (NHWC), got shape "
+                               f"{tuple(x.shape)}")
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        _fail(ValueError, "x", f"NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel "
+                               f"with padding {padding}")
+    check_packed(packed, "packed", out_channels, kh * kw * cin)
+    check_bias(bias, out_channels)
+    check_same([("x", x), ("packed", packed), ("bias", bias)], allowed, devices)
+    check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")
+    return batch, h, w, cin, kh, kw, ho, wo

@@ -215,13 +215,6 @@ def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     return pack_weight(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
 
 
-def _pair(name: str, value, minimum: int):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
-        raise ValueError(f"{name}: expected an int or a pair of ints >= {minimum}, got {value!r}")
-    return pair
-
-
 def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kernel_size,
                   stride: int, padding: int, bias: Optional[torch.Tensor] = None,
                   activation: str = "none") -> torch.Tensor:
@@ -231,31 +224,17 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
     W (Cout, Cin, kh, kw) packed by `pack_conv_weight`. Equals
     F.conv2d(x.permute(0, 3, 1, 2), W, bias, stride, padding) (+ Hardswish), permuted back
     to (B, Ho, Wo, Cout) and made contiguous."""
-    act = _act(activation)
-    checks.check_tensor(x, "x", ndim=4, unit_last_stride=False)
-    kh, kw = _pair("kernel_size", kernel_size, 1)
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride: expected an int >= 1, got {stride!r}")
-    if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding: expected an int >= 0, got {padding!r}")
-    batch, h, w, cin = x.shape
-    if cin < 1:
-        raise ValueError(f"x: expected at least one channel (NHWC), got shape {tuple(x.shape)}")
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"x: NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
-                         f"padding {padding}")
-    checks.check_packed(packed, "packed", out_channels, kh * kw * cin)
-    checks.check_bias(bias, out_channels)
-    checks.check_same([("x", x), ("packed", packed), ("bias", bias)], CPU_ONLY, ON_CPU)
-    checks.check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")
+    batch, h, w, cin, kh, kw, ho, wo = checks.check_conv2d_packed(
+        x, packed, out_channels, kernel_size, stride, padding, bias, activation,
+        allowed=CPU_ONLY, devices=ON_CPU)
     out = x.new_empty((batch, ho, wo, out_channels))
     if out.numel() == 0:
         return out
     _lib().conv2d_packed(x=x.data_ptr(), batch=batch, height=h, width=w, channels=cin,
                          nhwc_strides=x.stride(), kernel_h=kh, kernel_w=kw, stride=stride,
                          pad=padding, packed=packed.data_ptr(), cout=out_channels,
-                         bias=_address(None if bias is None else bias.contiguous()), act=act,
+                         bias=_address(None if bias is None else bias.contiguous()),
+                         act=ACTIVATION_CODES[activation],
                          out=out.data_ptr(), nthreads=_threads())
     return out
 
@@ -411,11 +390,9 @@ class ForwardProgram:
         self._layers.append(mlp)
 
     def set_head(self, head: PackedLinear) -> None:
-        if head.in_features != self._program.channels:
-            raise ValueError(f"head: expected {self._program.channels} input features, got "
-                             f"{head.in_features}")
+        """The classifier, on the mean token: the last layer (the program checks both)."""
         self._program.set_head(packed=head.packed.data_ptr(), bias=_address(head.bias),
-                               classes=head.out_features)
+                               in_features=head.in_features, classes=head.out_features)
         self._layers.append(head)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.types import Number
 from torch.library import custom_op
 
 from . import checks, reference
@@ -45,10 +46,13 @@ def launchers(device: torch.device):
 
 
 # -- attention -------------------------------------------------------------------------------
+# `scale` is a Scalar in the schema, not a float: the dispatcher turns a bool (even a bool
+# tensor) passed for a float into 1.0 before any Python code sees it, so only a Scalar lets
+# the checks refuse `scale=True` (the wrappers below hand the ops a float).
 @custom_op("levit::attention", mutates_args=(), device_types=("cpu", "cuda"))
-def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: Number,
                hardswish: bool) -> Tensor:
-    batch, heads, n_q, n_k, _, d_v = checks.check_attention(q, k, v, bias)
+    batch, heads, n_q, n_k, _, d_v = checks.check_attention(q, k, v, bias, scale=scale)
     if batch * n_q * heads * d_v == 0 or n_k == 0 or q.shape[-1] == 0:
         return reference.attention(q, k, v, bias, scale, hardswish).contiguous()
     return launchers(q.device).attention(q, k, v, bias, scale, hardswish)
@@ -56,13 +60,14 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
 
 @_attention.register_fake
 def _(q, k, v, bias, scale, hardswish):
-    batch, heads, n_q, _, _, d_v = checks.check_attention(q, k, v, bias)
+    batch, heads, n_q, _, _, d_v = checks.check_attention(q, k, v, bias, scale=scale)
     return q.new_empty((batch, n_q, heads * d_v))
 
 
 @custom_op("levit::attention_probs", mutates_args=(), device_types=("cpu", "cuda"))
-def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
-    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True)
+def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: Number) -> Tensor:
+    batch, heads, n_q, n_k, d_k, _ = checks.check_attention(q, k, None, bias, probs=True,
+                                                            scale=scale)
     if batch * heads * n_q * n_k == 0 or d_k == 0:
         return reference.attention_probs(q, k, bias, scale).contiguous()
     return launchers(q.device).attention_probs(q, k, bias, scale)
@@ -70,7 +75,8 @@ def _attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor
 
 @_attention_probs.register_fake
 def _(q, k, bias, scale):
-    batch, heads, n_q, n_k, _, _ = checks.check_attention(q, k, None, bias, probs=True)
+    batch, heads, n_q, n_k, _, _ = checks.check_attention(q, k, None, bias, probs=True,
+                                                          scale=scale)
     return q.new_empty((batch, heads, n_q, n_k))
 
 
@@ -141,9 +147,8 @@ def _conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_s
 
 @_conv2d_packed.register_fake
 def _(x, packed_weight, out_channels, kernel_size, stride, padding, bias, activation):
-    batch, height, width, _ = x.shape
-    out_h = (height + 2 * padding - kernel_size) // stride + 1
-    out_w = (width + 2 * padding - kernel_size) // stride + 1
+    batch, _, _, _, _, _, out_h, out_w = checks.check_conv2d_packed(
+        x, packed_weight, out_channels, kernel_size, stride, padding, bias, activation)
     return x.new_empty((batch, out_h, out_w, out_channels))
 
 

@@ -525,7 +525,7 @@ bool check_program(int nthreads) {
     const int64_t classes = dim(20);
     const std::vector<float> hw = random_vec(classes * t.c, 1.0f / std::sqrt(float(t.c)));
     const float* hb = kept(random_vec(classes));
-    program.set_head(kept(packed_of(hw, classes, t.c, nthreads)), hb, classes);
+    program.set_head(kept(packed_of(hw, classes, t.c, nthreads)), hb, t.c, classes);
     ref.assign(static_cast<size_t>(batch * classes), 0.0);
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t o = 0; o < classes; ++o) {

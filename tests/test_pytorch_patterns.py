@@ -1,0 +1,335 @@
+"""LeViT(fused=True) under everyday PyTorch patterns (issue 13): never a silently wrong answer.
+
+The plain model with the same weights is the oracle. Each pattern either gives its answer or
+refuses with an error that says what to do:
+
+    torch.jit.trace, TorchScript ONNX export    the plain layers are recorded (the fused
+                                                forward is one C++ call no tracer sees)
+    torch.onnx.export(dynamo=True)              the plain layers (ONNX has no levit ops)
+    torch.export                                the fused ops, the plan folded in the graph
+    torch.compile                               the fused ops, the plan checked at trace time
+                                                and by the graph itself at run time
+    attribute edits, replaced/hooked layers     seen by the plan's key; layers the plan does
+                                                not fold run plain
+    inference-mode models, prune, parametrize   fused, equal to plain
+    images that require grad                    the plain layers (gradients are exact)
+    weights that require grad, images not       fused logits; backward() refuses, saying why
+    meta init + to_empty + load_state_dict      the bias offsets are rebuilt
+
+A two-stage LeViT at 64 px keeps every layer kind (stem, attention, shrinking attention, MLP,
+both heads) and makes plans, forwards and compiles fast.
+"""
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize, prune
+
+from levit_kernels import LeViT, LeViTConfig, cpu
+from levit_kernels.model import fused as fused_module
+from levit_kernels.model.plan import FusedPlan
+
+from levit_testing import randomize_
+
+pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+
+TINY = LeViTConfig("tiny", embed_dim=(32, 48), key_dim=16, num_heads=(2, 3), depth=(1, 1))
+SIZE, CLASSES = 64, 10
+
+
+def make(fused=False, **kwargs):
+    return LeViT(TINY, fused=fused, img_size=SIZE, num_classes=CLASSES, **kwargs)
+
+
+def pair(**kwargs):
+    """A plain model and a fused one with the same random weights, both in eval mode."""
+    plain = randomize_(make(**kwargs), torch.Generator().manual_seed(0)).eval()
+    fused = make(fused=True, **kwargs)
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused.eval()
+
+
+def images(batch=2, seed=1):
+    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same(out, expected):
+    """The fused kernels' float32 tolerance (see test_fused_model.py)."""
+    assert out.shape == expected.shape
+    err = (out - expected).abs().max().item()
+    assert err <= 1e-5 * expected.abs().max().item(), f"max err {err:.3e}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """Warnings are once per process: each test sees its own."""
+    monkeypatch.setattr(fused_module, "_warned", set())
+
+
+@pytest.fixture
+def compiler():
+    """torch.compile on a clean slate (every test's model is another guard on the same code:
+    past dynamo's recompile limit it would quietly run eager). aot_eager: dynamo and
+    AOTAutograd, which the plan checks live in, without inductor's C++ builds; inductor itself
+    is covered by test_fused_model.py."""
+    torch._dynamo.reset()
+    yield lambda model: torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+
+
+# ---- 1, 2: tracers and exporters ---------------------------------------------------------------
+def test_jit_trace_records_the_plain_layers():
+    plain, fused = pair()
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="records the plain layers"):
+        traced = torch.jit.trace(fused, images(seed=1))
+    with torch.no_grad():                       # other images: nothing was baked in
+        assert_same(traced(images(seed=2)), plain(images(seed=2)))
+
+
+def _onnx_logits(model_proto, x):
+    onnx_reference = pytest.importorskip("onnx.reference")
+    session = onnx_reference.ReferenceEvaluator(model_proto)
+    (name,) = [i.name for i in model_proto.graph.input]
+    return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def test_torchscript_onnx_export_is_the_plain_graph():
+    onnx = pytest.importorskip("onnx")
+    plain, fused = pair()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(fused, (images(seed=1),), buffer, dynamo=False)
+        assert_same(_onnx_logits(onnx.load_from_string(buffer.getvalue()), images(seed=2)),
+                    plain(images(seed=2)))
+
+
+def test_dynamo_onnx_export_is_the_plain_graph():
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    plain, fused = pair()
+    with torch.no_grad():
+        program = torch.onnx.export(fused, (images(seed=1),), dynamo=True, verbose=False)
+        assert_same(_onnx_logits(program.model_proto, images(seed=2)), plain(images(seed=2)))
+
+
+def test_torch_export_folds_the_plan_inside_the_graph():
+    """An exported program stands alone: it folds the weights it lifts, so an edit made after
+    the model's plan was built (and no eager call since) is in it."""
+    plain, fused = pair()                       # eval() built the plan
+    with torch.no_grad():
+        for model in (plain, fused):
+            model.stages[0].blocks[0].mlp.ln1.linear.weight.mul_(-2.0)
+        program = torch.export.export(fused, (images(seed=1),))
+        assert any(str(node.target).startswith("levit.") for node in program.graph.nodes)
+        assert_same(program.module()(images(seed=2)), plain(images(seed=2)))
+
+
+# ---- 3: torch.compile ----------------------------------------------------------------------------
+def test_compile_sees_edits_made_before_and_after_compiling(compiler):
+    plain, fused = pair()                       # eval() built the plan
+    x = images()
+
+    def edit(change):
+        with torch.no_grad():
+            for model in (plain, fused):
+                change(model)
+
+    edit(lambda m: m.head.linear.weight.mul_(-1.0))          # no eager call after it
+    compiled = compiler(fused)
+    with torch.no_grad():
+        assert_same(compiled(x), plain(x))
+        edit(lambda m: m.stages[0].blocks[0].mlp.ln1.linear.weight.mul_(2.0))
+        assert_same(compiled(x), plain(x))      # the graph's own check: eager this once
+        assert_same(compiled(x), plain(x))      # recompiled
+        edit(lambda m: setattr(m.stages[1].blocks[0].attn, "scale", 0.05))
+        assert_same(compiled(x), plain(x))
+        assert_same(compiled(x), plain(x))
+
+
+def test_compile_rebuilds_a_plan_made_for_another_device(compiler):
+    plain, fused = pair()
+    fused._build_plan(torch.device("meta"), torch.float32)    # as if last run elsewhere
+    with torch.no_grad():
+        assert_same(compiler(fused)(images()), plain(images()))
+
+
+def test_trace_time_helper_is_marked_as_assume_constant_result_marks():
+    """fused.py marks _plan_for_trace by hand (importing torch._dynamo takes seconds): the
+    flag must still be what torch.compiler.assume_constant_result sets."""
+    def probe():
+        return 0
+
+    torch.compiler.assume_constant_result(probe)
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert vars(fused_module._plan_for_trace) == vars(probe)
+
+
+# ---- 4: the plan's key sees attributes, replaced and hooked layers ---------------------------------
+def _head_linear(model):
+    torch.manual_seed(3)                        # the same new head in both models
+    model.head = nn.Linear(48, CLASSES)
+
+
+def _doubling_hook(model):
+    model.stages[0].blocks[0].mlp.register_forward_hook(lambda module, inputs, out: 2 * out)
+
+
+# edit -> whether the fused model still runs fused after it, or must run the plain layers
+EDITS = {
+    "BatchNorm eps": (lambda m: setattr(m.stages[0].blocks[0].mlp.ln1.bn, "eps", 0.5), "fused"),
+    "distillation": (lambda m: setattr(m, "distillation", False), "fused"),
+    "attention scale": (lambda m: setattr(m.stages[0].blocks[0].attn, "scale", 0.02), "fused"),
+    "shrinking attention scale": (lambda m: setattr(m.stages[1].downsample.attn_downsample,
+                                                    "scale", 1.0), "fused"),
+    "head replaced by nn.Linear": (_head_linear, "fused"),
+    "stem padding mode": (lambda m: setattr(m.stem.conv2.linear, "padding_mode", "reflect"),
+                          "plain"),
+    "forward hook on a block": (_doubling_hook, "plain"),
+    "a block in training mode": (lambda m: m.stages[0].blocks[0].train(), "plain"),
+}
+
+
+@pytest.mark.parametrize("edit, runs", EDITS.values(), ids=EDITS)
+def test_edits_after_the_plan_was_built(edit, runs):
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad():
+        fused(x)                                # the plan exists
+        edit(plain)
+        edit(fused)
+        assert_same(fused(x), plain(x))
+    assert isinstance(fused._plan, FusedPlan) == (runs == "fused")
+
+
+def test_an_unchanged_model_keeps_its_plan():
+    """The key must not see changes that are not there: a hook on another model, a
+    registration, a plain forward of another model."""
+    _, fused = pair()
+    x = images()
+    with torch.no_grad():
+        fused(x)
+        plan = fused._plan
+        other = make()
+        other.register_forward_hook(lambda *args: None)
+        other(x)
+        fused(x)
+    assert fused._plan is plan and isinstance(plan, FusedPlan)
+
+
+# ---- 5: inference mode ---------------------------------------------------------------------------
+def test_model_made_under_inference_mode():
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="inference tensors.*refresh_fused"):
+            plain, fused = pair()
+        x = images()
+        assert_same(fused(x), plain(x))
+        new = randomize_(make(), torch.Generator().manual_seed(7)).state_dict()
+        plain.load_state_dict(new)
+        fused.load_state_dict(new)
+        assert_same(fused(x), plain(x))
+    with torch.no_grad():
+        assert_same(fused(x), plain(x))
+
+
+# ---- 6: prune and parametrize --------------------------------------------------------------------
+class Scale(nn.Module):
+    """A parametrization with a plain attribute of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.factor = 1.5
+
+    def forward(self, tensor):
+        return tensor * self.factor
+
+
+REWRITES = {
+    "prune a Linear": lambda m: prune.l1_unstructured(m.stages[0].blocks[0].mlp.ln1.linear,
+                                                      "weight", 0.5),
+    "prune a stem conv": lambda m: prune.l1_unstructured(m.stem.conv2.linear, "weight", 0.3),
+    "prune a BatchNorm": lambda m: prune.l1_unstructured(m.stages[1].blocks[0].attn.qkv.bn,
+                                                         "weight", 0.5),
+    "prune attention biases": lambda m: prune.l1_unstructured(m.stages[0].blocks[0].attn,
+                                                              "attention_biases", 0.3),
+    "parametrize a Linear": lambda m: parametrize.register_parametrization(
+        m.stages[1].downsample.attn_downsample.kv.linear, "weight", Scale()),
+    "parametrize attention biases": lambda m: parametrize.register_parametrization(
+        m.stages[1].blocks[0].attn, "attention_biases", Scale()),
+    "parametrize the head": lambda m: parametrize.register_parametrization(
+        m.head_dist.linear, "weight", Scale()),
+}
+
+
+@pytest.mark.parametrize("rewrite", REWRITES.values(), ids=REWRITES)
+def test_pruned_or_parametrized_layer(rewrite):
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad():
+        fused(x)
+        rewrite(plain)
+        rewrite(fused)
+        assert_same(fused(x), plain(x))
+        assert isinstance(fused._plan, FusedPlan)           # folded, not run plain
+        for model in (plain, fused):                         # then what they are made of
+            for name, tensor in model.named_parameters():
+                if name.endswith(("_orig", "original")):
+                    tensor.mul_(-1.0)
+            for module in model.modules():
+                if isinstance(module, Scale):
+                    module.factor = -0.5
+        assert_same(fused(x), plain(x))
+
+
+# ---- 7: gradients in eval mode --------------------------------------------------------------------
+def test_input_gradients_in_eval_mode():
+    plain, fused = pair()
+    grads = []
+    for model in (fused, plain):
+        x = images().requires_grad_()
+        out = model(x)
+        assert out.requires_grad
+        out.logsumexp(dim=1).sum().backward()
+        grads.append(x.grad)
+    assert_same(*grads)
+    assert_same(fused.stages[0].blocks[0].attn.attention_biases.grad,
+                plain.stages[0].blocks[0].attn.attention_biases.grad)
+
+
+def test_input_gradients_under_torch_func():
+    plain, fused = pair()
+    grads = [torch.func.grad(lambda x: model(x).logsumexp(dim=1).sum())(images())
+             for model in (fused, plain)]
+    assert_same(*grads)
+
+
+def test_weight_gradients_of_fused_logits_are_refused_clearly():
+    """Grad mode on, weights requiring grad, images not (inference without no_grad): the
+    logits stay fused, require grad like the plain model's, and backward() says what to do."""
+    plain, fused = pair()
+    out = fused(images())
+    assert out.requires_grad
+    with torch.no_grad():
+        assert_same(out.detach(), plain(images()))
+    with pytest.raises(RuntimeError, match=r"no backward.*model\.train\(\)"):
+        out.sum().backward()
+
+
+# ---- 8: meta-device initialisation ------------------------------------------------------------------
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_meta_init_then_to_empty_and_load_state_dict(fused):
+    plain, _ = pair()
+    with torch.device("meta"):
+        model = make(fused=fused)
+    model.to_empty(device="cpu")
+    model.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert_same(model.eval()(images()), plain(images()))
+
+
+def test_meta_init_then_load_state_dict_with_assign():
+    plain, _ = pair()
+    with torch.device("meta"):
+        model = make(fused=True)
+    model.load_state_dict(plain.state_dict(), assign=True)
+    with torch.no_grad():
+        assert_same(model.eval()(images()), plain(images()))
