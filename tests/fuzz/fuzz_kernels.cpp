@@ -539,7 +539,7 @@ bool check_program(int nthreads) {
   std::snprintf(g_call, sizeof g_call, "Program(b=%lld c=%lld %lldx%lld:%s threads=%d isa=%s)",
                 (long long)batch, (long long)cin, (long long)h, (long long)w, desc.c_str(),
                 nthreads, levit::isa_name(levit::active_isa()));
-  Guarded workspace(program.workspace_floats(batch));
+  Guarded workspace(program.workspace_elements(batch));
   Guarded out(batch * program.output_features());
   program.run(images.data(), batch, cin * h * w, h * w, w, 1, workspace.data(), out.data(),
               nthreads);
