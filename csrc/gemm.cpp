@@ -144,6 +144,15 @@ int64_t padded_stride(int64_t cols) {
   return ld % 256 == 0 ? ld + kPanel : ld;
 }
 
+const char* float32_path() {
+  switch (active_isa()) {
+    case Isa::avx512_bf16: return "avx512_bf16: AVX-512 FMA (the avx512 float32 kernels)";
+    case Isa::avx512: return "avx512: AVX-512 FMA";
+    case Isa::avx2: return "avx2: AVX2 FMA";
+    default: return "generic: portable C++";
+  }
+}
+
 template <>
 GemmTile gemm_tile<float>() {
   const GemmKernel kern = select_kernel();

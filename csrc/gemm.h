@@ -98,6 +98,8 @@ int64_t gemm_row_block() {  // rows per thread task (a multiple of the tile heig
   return mr * (96 / mr > 1 ? 96 / mr : 1);
 }
 int64_t padded_stride(int64_t cols);   // a scratch row stride >= cols that never aliases in L1
+// "<isa>: <what runs>" of the active float32 path (levit_kernels.info(); bf16: bf16_path()).
+const char* float32_path();
 // C[0:m, j0:j0+n] = act(A·W + bias) + residual for one block of rows, single-threaded (c,
 // bias and residual point at column 0).
 void gemm_rows_cols(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,

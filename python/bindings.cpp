@@ -188,6 +188,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("isa_note", [] { return levit::isa_note(); }, "Why the active path was chosen.");
   m.def("isa_warning", [] { return levit::isa_warning(); },
         "Why LEVIT_CPU_ISA was not honoured ('' when it was, or is unset).");
+  m.def("float32_path", [] { return std::string(levit::float32_path()); },
+        "What the float32 kernels run on the active path.");
   m.def("bf16_path", [] { return std::string(levit::bf16_path()); },
         "What the bf16 kernels run on the active path.");
   m.def("available_isas", &levit::available_isas, "Paths this CPU supports, best first.");

@@ -130,6 +130,20 @@ def isa(request):
         yield request.param
 
 
+# Every path the package has, for tests that must say which ones this machine cannot run:
+# a path the CPU lacks is skipped with the reason, never silently left out.
+ALL_ISAS = ("generic", "avx2", "avx512", "avx512_bf16")
+
+
+@pytest.fixture(params=ALL_ISAS)
+def every_isa(request):
+    if request.param not in CPU_ISAS:
+        pytest.skip(f"this CPU (or OS) lacks the {request.param} path (CPUID/XGETBV; paths "
+                    f"here: {', '.join(CPU_ISAS) or 'none, extension not built'})")
+    with using_isa(request.param):
+        yield request.param
+
+
 @pytest.fixture(params=[1, 2], ids=["t1", "t2"])
 def threads(request):
     with using_threads(request.param):

@@ -41,7 +41,7 @@ __all__ = [
     "pack_conv_weight", "conv2d_packed", "PackedLinear", "PackedMlp", "PackedConv",
     "ForwardProgram", "PANEL",
     "is_available", "unavailable_reason", "isa", "set_isa", "available_isas", "isa_note",
-    "bf16_path",
+    "float32_path", "bf16_path",
 ]
 
 # What these launchers take (checks.check_same): CPU tensors of the CPU dtypes.
@@ -59,6 +59,11 @@ def isa_note() -> str:
     """Why the active path is what it is (the CPU's best, LEVIT_CPU_ISA, or set_isa), and why
     LEVIT_CPU_ISA was ignored when it was."""
     return _lib().isa_note()
+
+
+def float32_path() -> str:
+    """What the float32 kernels run on the active path, e.g. 'avx2: AVX2 FMA'."""
+    return _lib().float32_path()
 
 
 def bf16_path() -> str:

@@ -1,0 +1,408 @@
+"""bfloat16 on CPU: every fused op, the one-call forward and the model, against float64.
+
+Tolerance rule (bf16), the flash-attention habit STYLE.md names: on the same bf16 inputs,
+    max|kernel - exact| <= 2 · max|torch_bf16 - exact| + 2^-12 · max|exact|
+where `exact` is the reference op (levit_kernels.reference) in float64 on the bf16 values and
+`torch_bf16` the same reference run by PyTorch in bfloat16. Why: a bf16 output carries up to
+half a bf16 ulp (2^-9 relative) of rounding whatever computes it, so the only fair yardstick
+is what PyTorch's own bf16 math gives on these inputs; the kernels (float32 accumulation,
+float32 epilogues, one rounding per output) should do no worse, 2x allows for a different
+summation order and a rounding landing on the other side. The floor (1/16 of a bf16 ulp at
+the largest output) only matters where PyTorch happens to be exact. A wrong index, a dropped
+pair or a read past a tail gives errors of the order of the outputs: far above the bound.
+
+The model: relative L2 error of the logits against the float64 model, at most 1.5x that of
+the plain model converted to bfloat16 (the issue's bar against OpenVINO-bf16), and top-1
+agreement with float32.
+
+Every kernel test runs on every ISA path: paths this CPU lacks (avx512, avx512_bf16 on an
+AVX2 machine) are skipped saying so (levit_testing.every_isa). The AVX512_BF16 block kernel
+reads the packed pairs as vdpbf16ps does; `test_packed_pairs_model_vdpbf16ps` checks that
+access pattern with a scalar model of the instruction on any machine.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from levit_kernels import LeViT, cpu, ops, reference as ref
+from levit_testing import every_isa, randomize_, threads  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+BF16 = torch.bfloat16
+
+
+def bf16_errors(out, fn, *args):
+    """(kernel error, PyTorch-bf16 error, max|exact|) against fn in float64 on bf16 args."""
+    exact = fn(*[a.double() if torch.is_tensor(a) else a for a in args])
+    torch_bf16 = fn(*args)
+    assert out.dtype == BF16 and out.shape == exact.shape, (out.dtype, out.shape, exact.shape)
+    err = (out.double() - exact).abs().max().item()
+    err_torch = (torch_bf16.double() - exact).abs().max().item()
+    return err, err_torch, exact.abs().max().item()
+
+
+def assert_bf16_close(out, fn, *args):
+    err, err_torch, scale = bf16_errors(out, fn, *args)
+    assert math.isfinite(err), "non-finite output"
+    bound = 2 * err_torch + 2 ** -12 * scale
+    assert err <= bound, f"bf16 error {err:.3e} > 2·torch's {err_torch:.3e} + floor ({scale:.3e})"
+
+
+def randn(*shape, scale=1.0):
+    return (torch.randn(*shape) * scale).to(BF16)
+
+
+# ---------------------------------------------------------------- linear / packing
+LINEAR = [(1, 1, 1), (3, 17, 63), (17, 63, 3), (63, 197, 17), (197, 3, 197), (49, 600, 45),
+          (16, 1100, 33), (33, 96, 640)]            # (M, K, N): odd K, K over one 512 block
+
+
+@pytest.mark.linear
+@pytest.mark.parametrize("mkn", LINEAR, ids=str)
+def test_linear(mkn, every_isa, threads):
+    m, k, n = mkn
+    x, w = randn(m, k), randn(n, k, scale=k ** -0.5)
+    b, r = randn(n), randn(m, n)
+    packed = cpu.pack_weight(w)
+    for bias, res, act in ((None, None, "none"), (b, None, "hardswish"), (b, r, "none"),
+                           (b, r, "hardswish")):
+        assert_bf16_close(cpu.linear_packed(x, packed, n, bias, res, act), ref.linear, x, w,
+                          bias, res, act)
+    assert_bf16_close(cpu.linear(x.t().contiguous().t(), w, b, r, "hardswish"), ref.linear,
+                      x, w, b, r, "hardswish")
+
+
+@pytest.mark.linear
+def test_rounding_is_nearest_even_and_keeps_nan(every_isa):
+    """K = 1, W = 1: the float32 result x + b is exact, so the output must be exactly torch's
+    float32 -> bf16 rounding of it (ties to even), with inf and NaN kept."""
+    x = randn(4096, 1)
+    b = torch.full((1,), 1.0, dtype=BF16)
+    x[:4, 0] = torch.tensor([float("inf"), float("-inf"), float("nan"), 3.0e38])
+    out = cpu.linear(x, torch.ones(1, 1, dtype=BF16), b)
+    expected = (x.float() + b.float()).to(BF16)
+    same = (out.view(torch.int16) == expected.view(torch.int16)) | (out.isnan() & expected.isnan())
+    assert same.all(), (out[~same][:5], expected[~same][:5])
+    assert out[2].isnan().all() and out[0].isinf().all()
+
+
+def _packed_reference(w, segments):
+    """pack_weight's bf16 layout written from gemm_bf16.h's formula, independently."""
+    n, k = w.shape
+    run = k // segments
+    pairs = (run + 1) // 2
+    out = torch.zeros(-(-n // 16), segments * pairs, 16, 2, dtype=w.dtype)
+    for col in range(n):
+        for kk in range(k):
+            s, t = divmod(kk, run)
+            out[col // 16, s * pairs + t // 2, col % 16, t % 2] = w[col, kk]
+    return out
+
+
+@pytest.mark.linear
+@pytest.mark.parametrize("n,k,segments", [(1, 1, 1), (17, 5, 1), (33, 18, 2), (16, 27, 3),
+                                          (40, 32, 4)])
+def test_pack_weight_layout(n, k, segments):
+    w = randn(n, k)
+    packed = cpu.pack_weight(w, segments=segments)
+    assert torch.equal(packed, _packed_reference(w, segments))
+    old = cpu.isa()          # the same layout on every path
+    try:
+        for name in cpu.available_isas():
+            cpu.set_isa(name)
+            assert torch.equal(cpu.pack_weight(w, segments=segments), packed)
+    finally:
+        cpu.set_isa(old)
+
+
+def vdpbf16ps_model(a, packed, k):
+    """A bit-level scalar model of the AVX512_BF16 block kernel (gemm_avx512bf16.cpp): A's
+    pair (a[2q], a[2q+1]) read as one little-endian 32-bit lane (high half 0 for an odd K's
+    last k), each 32-bit lane of a packed pair row likewise; vdpbf16ps multiplies the low
+    halves and the high halves and adds both products. Returns float64 (m, padded columns)."""
+    def halves(lanes):      # int32 lanes -> float64 (low, high) bf16 values
+        low = (lanes << 16).view(torch.float32)
+        high = (lanes & -65536).view(torch.float32)
+        return low.double(), high.double()
+
+    m, pairs = a.shape[0], packed.shape[1]
+    a_bits = torch.zeros(m, 2 * pairs, dtype=torch.int16)
+    a_bits[:, :k] = a.view(torch.int16)
+    a_low, a_high = halves(a_bits.view(torch.int32))                  # (m, pairs)
+    w_low, w_high = halves(packed.contiguous().view(torch.int16).view(torch.int32).view(
+        packed.shape[0], pairs, 16))                                   # (panels, pairs, 16)
+    out = (torch.einsum("iq,pqc->ipc", a_low, w_low) + torch.einsum("iq,pqc->ipc", a_high, w_high))
+    return out.reshape(m, -1)
+
+
+@pytest.mark.linear
+@pytest.mark.parametrize("m,k,n", [(3, 1, 5), (7, 9, 33), (5, 64, 16), (2, 77, 40)])
+def test_packed_pairs_model_vdpbf16ps(m, k, n):
+    """The native kernel's indexing, checked where it cannot run: the modelled instruction
+    over pack_weight's pairs gives x·Wᵀ (exactly, in float64, up to the sum's order)."""
+    x, w = randn(m, k), randn(n, k)
+    got = vdpbf16ps_model(x, cpu.pack_weight(w), k)[:, :n]
+    torch.testing.assert_close(got, x.double() @ w.double().T, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- mlp
+MLP = [(1, 7, 13), (17, 64, 128), (197, 48, 96), (63, 100, 300), (16, 33, 1030)]   # (M, C, Ch)
+
+
+@pytest.mark.mlp
+@pytest.mark.parametrize("mch", MLP, ids=str)
+def test_mlp(mch, every_isa, threads):
+    m, c, ch = mch
+    x = randn(2, m, c)
+    w1, b1 = randn(ch, c, scale=c ** -0.5), randn(ch)
+    w2, b2 = randn(c, ch, scale=ch ** -0.5), randn(c)
+    out = cpu.mlp_packed(x, cpu.pack_weight(w1), b1, cpu.pack_weight(w2), b2)
+    assert_bf16_close(out, ref.mlp, x, w1, b1, w2, b2)
+    assert torch.equal(cpu.mlp(x, w1, b1, w2, b2), out)
+
+
+# ---------------------------------------------------------------- attention
+def qkv(b, h, n_q, n_k, dk, dv):
+    """q, k, v as strided views of packed bf16 projections, as LeViT makes them."""
+    kv = randn(b, n_k, h, dk + dv).permute(0, 2, 1, 3)
+    q = randn(b, n_q, h, dk + 3).permute(0, 2, 1, 3)[..., :dk]
+    return q, kv[..., :dk], kv[..., dk:]
+
+
+ATTN = [(196, 196, 16, 32, 4), (49, 196, 32, 128, 2), (16, 16, 32, 64, 3), (1, 1, 1, 1, 1),
+        (7, 37, 5, 13, 2), (37, 7, 16, 33, 1), (197, 197, 16, 17, 1)]   # (Nq, Nk, Dk, Dv, H)
+
+
+@pytest.mark.attention
+@pytest.mark.parametrize("shape", ATTN, ids=str)
+def test_attention(shape, every_isa, threads):
+    n_q, n_k, dk, dv, h = shape
+    q, k, v = qkv(2, h, n_q, n_k, dk, dv)
+    bias = randn(h, n_q, n_k, scale=2.0)
+    scale = dk ** -0.5
+    for hs in (True, False):
+        assert_bf16_close(cpu.attention(q, k, v, bias, scale, hs), ref.attention, q, k, v, bias,
+                          scale, hs)
+    assert_bf16_close(cpu.attention_probs(q, k, bias, scale), ref.attention_probs, q, k, bias,
+                      scale)
+
+
+# ---------------------------------------------------------------- conv (the stem)
+CONV = [(2, 3, 17, 15, 16, 3, 2, 1), (1, 16, 13, 7, 33, 3, 2, 1), (1, 5, 9, 11, 7, 3, 1, 1),
+        (1, 3, 6, 6, 4, 1, 1, 0), (1, 1, 1, 1, 1, 3, 2, 1)]   # (B, Cin, H, W, Cout, k, s, p)
+
+
+def conv_ref(x_nhwc, weight, bias, stride, pad, act):
+    y = F.conv2d(x_nhwc.permute(0, 3, 1, 2), weight, bias, stride, pad)
+    return (F.hardswish(y) if act == "hardswish" else y).permute(0, 2, 3, 1)
+
+
+@pytest.mark.conv2d
+@pytest.mark.parametrize("shape", CONV, ids=str)
+def test_conv2d(shape, every_isa, threads):
+    batch, cin, h, w, cout, kernel, stride, pad = shape
+    x = randn(batch, cin, h, w)
+    weight, bias = randn(cout, cin, kernel, kernel, scale=(cin * kernel ** 2) ** -0.5), randn(cout)
+    packed = cpu.pack_conv_weight(weight)
+    for layout in (x.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1).contiguous()):
+        for act in ("none", "hardswish"):
+            out = cpu.conv2d_packed(layout, packed, cout, kernel, stride, pad, bias, act)
+            assert_bf16_close(out, conv_ref, layout, weight, bias, stride, pad, act)
+
+
+# ---------------------------------------------------------------- one dtype per call
+@pytest.mark.linear
+@pytest.mark.mlp
+@pytest.mark.attention
+@pytest.mark.conv2d
+def test_mixed_dtypes_name_the_argument():
+    x, w, b = randn(5, 8), randn(3, 8), randn(3)
+    with pytest.raises(TypeError, match=r"^weight\b.*bfloat16.*float32"):
+        ops.linear(x, w.float(), b)
+    with pytest.raises(TypeError, match=r"^bias\b.*bfloat16.*float32"):
+        ops.linear(x, w, b.float())
+    with pytest.raises(TypeError, match=r"^packed_weight\b.*float32.*bfloat16"):
+        ops.linear_packed(x.float(), cpu.pack_weight(w), 3)
+    with pytest.raises(TypeError, match=r"^residual\b"):
+        ops.linear(x, w, b, torch.zeros(5, 3))
+    with pytest.raises(TypeError, match=r"^w2_packed\b"):
+        ops.mlp_packed(randn(2, 3), cpu.pack_weight(randn(4, 3)), randn(4),
+                       cpu.pack_weight(torch.randn(3, 4)), randn(3))
+    q, k, v = qkv(1, 2, 4, 4, 8, 8)
+    with pytest.raises(TypeError, match=r"^v\b.*bfloat16.*float32"):
+        ops.attention(q, k, v.float(), randn(2, 4, 4), 0.5)
+    with pytest.raises(TypeError, match=r"^bias\b"):
+        ops.attention_probs(q, k, torch.zeros(2, 4, 4), 0.5)
+    with pytest.raises(TypeError, match=r"^packed\b.*float32.*bfloat16"):
+        ops.conv2d_packed(torch.zeros(1, 5, 5, 3), cpu.pack_conv_weight(randn(4, 3, 3, 3)), 4, 3)
+
+
+# ---------------------------------------------------------------- registered ops
+def bf16_samples():
+    q, k, v = qkv(2, 3, 16, 16, 8, 12)
+    bias = randn(3, 16, 16)
+    x, w, b = randn(2, 7, 24), randn(40, 24), randn(40)
+    w2, b2, r = randn(24, 40), randn(24), randn(2, 7, 40)
+    p, p2 = cpu.pack_weight(w), cpu.pack_weight(w2)
+    image, conv_w = randn(2, 9, 11, 3), randn(17, 3, 3, 3)
+    lev = torch.ops.levit
+    return [(lev.attention.default, (q, k, v, bias, 0.35, True)),
+            (lev.attention_probs.default, (q, k, bias, 0.35)),
+            (lev.linear.default, (x, w, b, r, "hardswish")),
+            (lev.mlp.default, (x, w, b, w2, b2)),
+            (lev.linear_packed.default, (x, p, 40, b, r, "hardswish")),
+            (lev.mlp_packed.default, (x, p, b, p2, b2)),
+            (lev.conv2d_packed.default,
+             (image, cpu.pack_conv_weight(conv_w), 17, 3, 2, 1, randn(17), "hardswish"))]
+
+
+@pytest.mark.attention
+@pytest.mark.linear
+@pytest.mark.mlp
+@pytest.mark.conv2d
+def test_opcheck_bf16():
+    for op, args in bf16_samples():
+        torch.library.opcheck(op, args)
+        assert op(*args).dtype == BF16
+
+
+@pytest.mark.attention
+@pytest.mark.linear
+def test_compile_fullgraph_bf16():
+    q, k, v = qkv(2, 4, 16, 16, 16, 32)
+    bias = randn(4, 16, 16)
+    w, b = randn(48, 128), randn(48)
+    packed = cpu.pack_weight(w)
+
+    def block(q, k, v, bias):
+        a = ops.attention(q, k, v, bias, 0.25, True)
+        return ops.linear_packed(a, packed, 48, b, None, "hardswish")
+
+    compiled = torch.compile(block, fullgraph=True)
+    out = compiled(q, k, v, bias)
+    assert out.dtype == BF16 and torch.equal(out, block(q, k, v, bias))
+
+
+# ---------------------------------------------------------------- the model
+def models(variant="LeViT-128S", **kwargs):
+    plain = randomize_(LeViT(variant, **kwargs), torch.Generator().manual_seed(0)).eval()
+    fused = LeViT(variant, fused=True, **kwargs)
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused.eval()
+
+
+def rel_l2(out, exact):
+    return ((out.double() - exact).norm() / exact.norm()).item()
+
+
+def assert_top1_kept(out, exact):
+    """Where an image's top-1 logit leads the runner-up by more than twice the largest logit
+    error, no error of that size can change the argmax: the top-1 must be float64's there."""
+    top2 = exact.topk(2, dim=-1).values
+    margin = top2[:, 0] - top2[:, 1]
+    err = (out.double() - exact).abs().amax(dim=-1)
+    sure = margin > 2 * err
+    assert (out.double().argmax(-1) == exact.argmax(-1))[sure].all()
+
+
+@pytest.mark.forward_program
+def test_model_bf16_and_autocast():
+    """.bfloat16() and autocast both run the bf16 kernels (the program), as accurate as plain
+    PyTorch in bf16 (<= 1.5x its relative L2 logit error vs float64), the top-1 kept wherever
+    the error cannot flip it; float32 or bf16 images give the same logits."""
+    plain, fused = models(img_size=160)
+    images = torch.randn(3, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact = plain.double()(images.double())
+        plain.float()
+        with torch.autocast("cpu", dtype=BF16):
+            plain_amp, fused_amp = plain(images), fused(images)
+        assert fused._plan.dtype == BF16 and fused._plan.program.dtype == BF16
+        plain_bf16 = plain.bfloat16()(images.bfloat16())
+        fused.bfloat16()
+        assert fused._plan.dtype == BF16     # eval-mode .to() rebuilt the plan in bf16
+        out = fused(images)                  # float32 images into a bf16 model
+        assert torch.equal(fused(images.bfloat16()), out)
+    assert fused_amp.dtype == plain_amp.dtype == BF16 and out.dtype == BF16
+    for got, yardstick in ((out, plain_bf16), (fused_amp, plain_amp)):
+        assert rel_l2(got, exact) <= 1.5 * rel_l2(yardstick, exact), \
+            (rel_l2(got, exact), rel_l2(yardstick, exact))
+        assert_top1_kept(got, exact)
+
+
+@pytest.mark.forward_program
+def test_program_matches_layer_by_layer():
+    """The one-call bf16 program against the same plan run one launcher at a time (which the
+    kernel tests above check op by op), across a chunk boundary (17 images): equal up to a
+    few bf16 roundings."""
+    from levit_kernels.model.plan import Launchers
+    _, fused = models()
+    fused.bfloat16()
+    plan = fused._plan
+    images = torch.randn(17, 3, 224, 224).bfloat16()
+    with torch.no_grad():
+        out, layers = plan.program(images), Launchers(plan.device).run(plan, images)
+    assert out.dtype == layers.dtype == BF16
+    assert rel_l2(out, layers.double()) <= 2 ** -6
+
+
+def test_program_rejects_other_dtypes():
+    _, fused = models(img_size=64)
+    fused.bfloat16()
+    with pytest.raises(TypeError, match="images: expected dtype torch.bfloat16"):
+        fused._plan.program(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="dtype"):
+        cpu.ForwardProgram(3, 64, 64, dtype=torch.float16)
+
+
+# ---------------------------------------------------------------- choosing the path
+def _choice_under(value):
+    """(isa, note, warning) that LEVIT_CPU_ISA=value gives, from the extension module loaded
+    alone in a fresh process (it needs no torch: fast)."""
+    code = ("import importlib.util as u, sys\n"
+            "spec = u.spec_from_file_location('_C', sys.argv[1])\n"
+            "C = u.module_from_spec(spec); spec.loader.exec_module(C)\n"
+            "print(C.isa()); print(C.isa_note()); print(C.isa_warning())\n")
+    from levit_kernels.ops import _C
+    result = subprocess.run([sys.executable, "-c", code, _C.__file__], capture_output=True,
+                            text=True, env=dict(os.environ, LEVIT_CPU_ISA=value), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n")[:3]
+
+
+def test_levit_cpu_isa_values():
+    available = cpu.available_isas()
+    for value in ("generic", " GENERIC ", "Generic"):      # case and spaces ignored
+        assert _choice_under(value) == ["generic", f"LEVIT_CPU_ISA={value}", ""]
+    for value in ("garbage", "avx-1024", "AVX2 please"):  # unknown: the best path, and why
+        isa, note, warning = _choice_under(value)
+        assert isa == available[0] and note == warning
+        assert warning.startswith(f"LEVIT_CPU_ISA={value} is not one of generic|avx2|")
+    missing = [n for n in ("avx512_bf16", "avx512", "avx2") if n not in available]
+    for name in missing:                                 # unsupported here: the best, and why
+        isa, note, warning = _choice_under(name.upper().replace("_", "-"))
+        assert isa == available[0] and "lacks " + name in warning and note == warning
+
+
+def test_an_ignored_levit_cpu_isa_warns_on_import():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", "import levit_kernels"], capture_output=True,
+                            text=True, env=dict(os.environ, LEVIT_CPU_ISA="avx3"), cwd=root,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeWarning: LEVIT_CPU_ISA=avx3 is not one of" in result.stderr
+
+
+def test_info_names_both_paths(capsys):
+    import levit_kernels
+    facts = levit_kernels.info()
+    assert facts["cpu bfloat16 path"].startswith(cpu.isa() + ":")
+    assert facts["cpu float32 path"].startswith(cpu.isa() + ":")
+    assert facts["cpu isa chosen by"] == cpu.isa_note()
+    if cpu.isa() != "avx512_bf16":
+        assert "widened to float32" in facts["cpu bfloat16 path"]
