@@ -215,6 +215,95 @@ def test_conv2d(shape, every_isa, threads):
             assert_bf16_close(out, conv_ref, layout, weight, bias, stride, pad, act)
 
 
+# ---------------------------------------------------------------- guard regions
+def in_poison(shape, row_gap=0, fill=None):
+    """A (rows, cols) bf16 view with `row_gap` NaN elements after each row, inside a NaN
+    buffer with 17 NaN guards on each side (tests/test_guards.py's Poisoned, in bf16)."""
+    rows, cols = shape
+    ld = cols + row_gap
+    buf = torch.full((2 * 17 + (rows - 1) * ld + cols,), float("nan"), dtype=BF16)
+    view = buf.as_strided(shape, (ld, 1), 17)
+    mine = torch.zeros_like(buf, dtype=torch.bool)
+    mine.as_strided(shape, (ld, 1), 17).fill_(True)
+    if fill is not None:
+        view.copy_(fill)
+    return buf, view, mine
+
+
+def assert_untouched(buf, mine, what):
+    assert buf[~mine].isnan().all(), f"{what} wrote outside its output"
+
+
+# (M, N, K) around the 6×16 / 14×32 / 4×16 tiles, odd K (a half pair), K over a 512 block
+GUARD_GEMM = [(1, 1, 1), (5, 17, 3), (7, 33, 9), (13, 16, 31), (15, 47, 64), (29, 31, 515)]
+
+
+@pytest.mark.linear
+@pytest.mark.mlp
+def test_gemm_and_mlp_write_only_their_outputs(every_isa):
+    from levit_kernels.ops import _C
+    for m, n, k in GUARD_GEMM:
+        _, x, _ = in_poison((m, k), 3, randn(m, k))          # NaN between x's rows
+        w, b = randn(n, k, scale=k ** -0.5), randn(n)
+        _, res, _ = in_poison((m, n), 5, randn(m, n))
+        packed = cpu.pack_weight(w)     # kept in a name: the kernel reads its address
+        for act in ("none", "hardswish"):
+            buf, out, mine = in_poison((m, n), 7)
+            _C.gemm_packed(x=x.data_ptr(), m=m, k=k, ldx=k + 3, packed=packed.data_ptr(),
+                           n=n, bias=b.data_ptr(), residual=res.data_ptr(), ldr=n + 5,
+                           act=_C.ACTIVATIONS[act], out=out.data_ptr(), ldo=n + 7, nthreads=2,
+                           dtype="bfloat16")
+            assert_untouched(buf, mine, f"gemm_packed{(m, n, k)}")
+            assert_bf16_close(out, ref.linear, x, w, b, res, act)
+        c, ch = n, k
+        w1, b1, w2, b2 = randn(ch, c, scale=c ** -0.5), randn(ch), randn(c, ch), randn(c)
+        _, xm, _ = in_poison((m, c), 2, randn(m, c))
+        buf, out, mine = in_poison((m, c))
+        w1p, w2p = cpu.pack_weight(w1), cpu.pack_weight(w2)
+        _C.mlp_packed(x=xm.data_ptr(), m=m, c=c, ldx=c + 2, w1p=w1p.data_ptr(),
+                      b1=b1.data_ptr(), ch=ch, w2p=w2p.data_ptr(), b2=b2.data_ptr(),
+                      out=out.data_ptr(), nthreads=2, dtype="bfloat16")
+        assert_untouched(buf, mine, f"mlp_packed{(m, c, ch)}")
+        assert_bf16_close(out, ref.mlp, xm, w1, b1, w2, b2)
+
+
+@pytest.mark.attention
+@pytest.mark.conv2d
+def test_attention_and_conv_write_only_their_outputs(every_isa):
+    from levit_kernels.ops import _C
+    for n_q, n_k, dk, dv in [(1, 1, 1, 1), (7, 9, 5, 17), (13, 33, 16, 31), (6, 70, 3, 64)]:
+        h = 2
+        kvbuf = torch.full((2, n_k, h, dk + 1 + dv + 1), float("nan"), dtype=BF16)  # NaN gaps
+        kvbuf[..., :dk] = randn(2, n_k, h, dk)
+        kvbuf[..., dk + 1:dk + 1 + dv] = randn(2, n_k, h, dv)
+        k = kvbuf[..., :dk].permute(0, 2, 1, 3)
+        v = kvbuf[..., dk + 1:dk + 1 + dv].permute(0, 2, 1, 3)
+        q = randn(2, n_q, h, dk).permute(0, 2, 1, 3)
+        bias = randn(h, n_q, n_k)
+        buf, out, mine = in_poison((2 * n_q, h * dv))
+        _C.attention(q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), bias=bias.data_ptr(),
+                     out=out.data_ptr(), batch=2, heads=h, nq=n_q, nk=n_k, dk=dk, dv=dv,
+                     q_strides=q.stride()[:3], k_strides=k.stride()[:3],
+                     v_strides=v.stride()[:3], scale=0.4, hardswish=True, probs=False,
+                     nthreads=2, dtype="bfloat16")
+        assert_untouched(buf, mine, f"attention{(n_q, n_k, dk, dv)}")
+        assert_bf16_close(out.view(2, n_q, h * dv), ref.attention, q, k, v, bias, 0.4, True)
+    for cin, size, cout in [(3, 7, 5), (1, 4, 33), (5, 9, 16)]:
+        x = randn(1, size, size, cin)
+        weight, cbias = randn(cout, cin, 3, 3), randn(cout)
+        ho = (size + 2 - 3) // 2 + 1
+        buf, out, mine = in_poison((ho * ho, cout))
+        packed = cpu.pack_conv_weight(weight)
+        _C.conv2d_packed(x=x.data_ptr(), batch=1, height=size, width=size, channels=cin,
+                         nhwc_strides=x.stride(), kernel_h=3, kernel_w=3, stride=2, pad=1,
+                         packed=packed.data_ptr(), cout=cout,
+                         bias=cbias.data_ptr(), act=_C.ACTIVATIONS["hardswish"],
+                         out=out.data_ptr(), nthreads=2, dtype="bfloat16")
+        assert_untouched(buf, mine, f"conv2d_packed{(cin, size, cout)}")
+        assert_bf16_close(out.view(1, ho, ho, cout), conv_ref, x, weight, cbias, 2, 1,
+                          "hardswish")
+
+
 # ---------------------------------------------------------------- one dtype per call
 @pytest.mark.linear
 @pytest.mark.mlp

@@ -205,7 +205,7 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         name = "timm+autocast" if peer is not None else "reference+autocast"
         providers[name] = lambda: torch_provider(peer if peer is not None else base, device_t,
                                                  torch.bfloat16)
-    accuracy = _accuracy_yardsticks(base, images) if device_t.type == "cpu" else None
+    accuracy = accuracy_yardsticks(base, images) if device_t.type == "cpu" else None
 
     results: List[Result] = []
     callables: Dict[str, Callable] = {}
@@ -255,7 +255,7 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
     return {"config": config, "results": [asdict(r) for r in results]}
 
 
-def _accuracy_yardsticks(base, images):
+def accuracy_yardsticks(base, images):
     """A function logits -> (relative L2 error vs the float64 plain model, top-1 agreement
     with the float32 plain model), both run once here on the benchmark's images."""
     with torch.no_grad():
