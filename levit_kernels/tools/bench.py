@@ -167,9 +167,11 @@ def export_onnx(model, images, workdir: str) -> str:
 def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, device="cpu",
                   dtype="float32", amp: bool = False, compare: bool = False,
                   compile_models: bool = False, seconds: float = 3.0, img_size=224,
-                  progress=sys.stderr) -> Dict:
-    """Time every provider; returns {"config": ..., "results": [Result, ...]}."""
+                  progress=None) -> Dict:
+    """Time every provider; returns {"config": ..., "results": [Result, ...]}. Progress lines
+    go to `progress` (default: sys.stderr as it is at the call, not at import)."""
     import tempfile
+    progress = progress or sys.stderr
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
