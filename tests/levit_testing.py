@@ -183,3 +183,15 @@ def op_calls(seed=0, tokens=16, channels=32, heads=2, key_dim=8):
         "linear_packed": lambda: ops.linear_packed(x, w1p, 2 * c, b1, residual, "hardswish"),
         "mlp_packed": lambda: ops.mlp_packed(x, w1p, b1, w2p, b2),
     }
+
+
+# ---- bf16 inputs shared by tests/test_bf16_*.py ---------------------------------------------
+def randn_bf16(*shape, scale=1.0):
+    return (torch.randn(*shape) * scale).to(torch.bfloat16)
+
+
+def qkv_bf16(b, h, n_q, n_k, dk, dv):
+    """q, k, v as strided views of packed bf16 projections, as LeViT makes them."""
+    kv = randn_bf16(b, n_k, h, dk + dv).permute(0, 2, 1, 3)
+    q = randn_bf16(b, n_q, h, dk + 3).permute(0, 2, 1, 3)[..., :dk]
+    return q, kv[..., :dk], kv[..., dk:]
