@@ -1,15 +1,21 @@
 """bfloat16 on CPU, the kernels: every fused op against float64, on every ISA path, with guards.
 
 Tolerance rule (bf16), the flash-attention habit STYLE.md names: on the same bf16 inputs,
-    max|kernel - exact| <= 2 · max|torch_bf16 - exact| + 2^-12 · max|exact|
-where `exact` is the reference op (levit_kernels.reference) in float64 on the bf16 values and
-`torch_bf16` the same reference run by PyTorch in bfloat16. Why: a bf16 output carries up to
-half a bf16 ulp (2^-9 relative) of rounding whatever computes it, so the only fair yardstick
-is what PyTorch's own bf16 math gives on these inputs; the kernels (float32 accumulation,
-float32 epilogues, one rounding per output) should do no worse, 2x allows for a different
-summation order and a rounding landing on the other side. The floor (1/16 of a bf16 ulp at
-the largest output) only matters where PyTorch happens to be exact. A wrong index, a dropped
-pair or a read past a tail gives errors of the order of the outputs: far above the bound.
+    max|kernel - exact| <= 2 · max|torch_bf16 - exact| + 2^-8 · max|exact| + 2^-9 · max|via|
+where `exact` is the reference op (levit_kernels.reference) in float64 on the bf16 values,
+`torch_bf16` the same reference run by PyTorch in bfloat16, and `via` what an intermediate
+the kernel rounds to bf16 contributes to each output (the MLP's hidden layer: |h|·|W2|ᵀ;
+nothing for the other ops, which round only their outputs). Why: a bf16 output carries up to
+half a bf16 ulp (2^-9 relative) of rounding whatever computes it, so the fair yardstick is
+what PyTorch's own bf16 math gives on these inputs; the kernels (float32 accumulation,
+float32 epilogues, one rounding per output) should do no worse, 2x allowing for another
+summation order and roundings landing on the other side. The floor is what the kernel's own
+roundings can cost whatever PyTorch gets: one ulp at the output's scale, and half an ulp of a
+rounded intermediate's contribution, which does not shrink when an output cancels to ~0.
+Without it a handful of outputs fail by luck: a 1-output MLP measured up to 15x PyTorch's
+error (PyTorch exact by chance), at most 0.75 of this bound over 2000 draws. A wrong index,
+a dropped pair or a read past a tail gives errors of the order of the outputs, far above the
+bound. Rounding itself is checked bit for bit (test_rounding_is_nearest_even_and_keeps_nan).
 
 The registered ops, the one-call forward and the model in bf16: tests/test_bf16_model.py.
 
@@ -31,23 +37,25 @@ pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension no
 BF16 = torch.bfloat16
 
 
-def bf16_errors(out, fn, *args):
-    """(kernel error, PyTorch-bf16 error, max|exact|) against fn in float64 on bf16 args."""
+def assert_bf16_close(out, fn, *args, via=None):
+    """The rule above; `via`: the float64 contributions of an intermediate rounded to bf16."""
     exact = fn(*[a.double() if torch.is_tensor(a) else a for a in args])
     torch_bf16 = fn(*args)
     assert out.dtype == BF16 and out.shape == exact.shape, (out.dtype, out.shape, exact.shape)
     err = (out.double() - exact).abs().max().item()
     err_torch = (torch_bf16.double() - exact).abs().max().item()
-    return err, err_torch, exact.abs().max().item()
-
-
-def assert_bf16_close(out, fn, *args):
-    err, err_torch, scale = bf16_errors(out, fn, *args)
+    scale = exact.abs().max().item()
+    via = 0.0 if via is None else via.abs().max().item()
     assert math.isfinite(err), "non-finite output"
-    bound = 2 * err_torch + 2 ** -12 * scale
-    assert err <= bound, f"bf16 error {err:.3e} > 2·torch's {err_torch:.3e} + floor ({scale:.3e})"
+    bound = 2 * err_torch + 2 ** -8 * scale + 2 ** -9 * via
+    assert err <= bound, (f"bf16 error {err:.3e} > 2·torch's {err_torch:.3e} + 2^-8·{scale:.3e} "
+                          f"+ 2^-9·{via:.3e}")
 
 
+def hidden_via(x, w1, b1, w2):
+    """|h|·|W2|ᵀ: what the MLP's hidden layer h (rounded to bf16) contributes to each output."""
+    h = ref.linear(x.double(), w1.double(), b1.double(), activation="hardswish")
+    return h.abs() @ w2.double().abs().T
 
 
 # ---------------------------------------------------------------- linear / packing
@@ -155,7 +163,7 @@ def test_mlp(mch, every_isa, threads):
     w1, b1 = randn(ch, c, scale=c ** -0.5), randn(ch)
     w2, b2 = randn(c, ch, scale=ch ** -0.5), randn(c)
     out = cpu.mlp_packed(x, cpu.pack_weight(w1), b1, cpu.pack_weight(w2), b2)
-    assert_bf16_close(out, ref.mlp, x, w1, b1, w2, b2)
+    assert_bf16_close(out, ref.mlp, x, w1, b1, w2, b2, via=hidden_via(x, w1, b1, w2))
     assert torch.equal(cpu.mlp(x, w1, b1, w2, b2), out)
 
 
@@ -250,7 +258,7 @@ def test_gemm_and_mlp_write_only_their_outputs(every_isa):
                       b1=b1.data_ptr(), ch=ch, w2p=w2p.data_ptr(), b2=b2.data_ptr(),
                       out=out.data_ptr(), nthreads=2, dtype="bfloat16")
         assert_untouched(buf, mine, f"mlp_packed{(m, c, ch)}")
-        assert_bf16_close(out, ref.mlp, xm, w1, b1, w2, b2)
+        assert_bf16_close(out, ref.mlp, xm, w1, b1, w2, b2, via=hidden_via(xm, w1, b1, w2))
 
 
 @pytest.mark.attention
