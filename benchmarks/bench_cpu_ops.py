@@ -6,7 +6,8 @@ pytest-benchmark (one group per op and shape):
     taskset -c 1 python -m pytest benchmarks/bench_cpu_ops.py --benchmark-only -q
 Markdown table for benchmarks/README.md (ratios, GFLOP/s, torch.mm 2048³ in the same run):
     taskset -c 1 python benchmarks/bench_cpu_ops.py [--batch 16 1] [--threads 1]
-Both run with torch.set_num_threads(1) unless told otherwise.
+Both run with torch.set_num_threads(1) unless told otherwise. `--dtype bfloat16` (and the
+pytest-benchmark groups marked bfloat16) time the bf16 kernels against PyTorch in bf16.
 """
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ ATTN_SHAPES = [("attn s1", 4, 196, 196, 32, 64), ("attn s2", 6, 49, 49, 32, 64),
                ("attn shrink2", 12, 16, 49, 32, 128)]
 
 
-def linear_case(batch, tokens, k, n, epilogue):
-    x = torch.randn(batch * tokens, k)
-    w = torch.randn(n, k) / k ** 0.5
-    b = torch.randn(n) if epilogue != "none" else None
-    r = torch.randn(batch * tokens, n) if epilogue == "bias+residual" else None
+def linear_case(batch, tokens, k, n, epilogue, dtype=torch.float32):
+    x = torch.randn(batch * tokens, k).to(dtype)
+    w = (torch.randn(n, k) / k ** 0.5).to(dtype)
+    b = torch.randn(n).to(dtype) if epilogue != "none" else None
+    r = torch.randn(batch * tokens, n).to(dtype) if epilogue == "bias+residual" else None
     act = "hardswish" if epilogue == "bias+hardswish" else "none"
     packed = cpu.pack_weight(w)
     flops = 2 * batch * tokens * k * n
@@ -53,10 +54,10 @@ def linear_case(batch, tokens, k, n, epilogue):
     }
 
 
-def mlp_case(batch, tokens, c):
-    x = torch.randn(batch * tokens, c)
-    w1, b1 = torch.randn(2 * c, c) / c ** 0.5, torch.randn(2 * c)
-    w2, b2 = torch.randn(c, 2 * c) / (2 * c) ** 0.5, torch.randn(c)
+def mlp_case(batch, tokens, c, dtype=torch.float32):
+    x = torch.randn(batch * tokens, c).to(dtype)
+    w1, b1 = (torch.randn(2 * c, c) / c ** 0.5).to(dtype), torch.randn(2 * c).to(dtype)
+    w2, b2 = (torch.randn(c, 2 * c) / (2 * c) ** 0.5).to(dtype), torch.randn(c).to(dtype)
     p1, p2 = cpu.pack_weight(w1), cpu.pack_weight(w2)
     flops = 2 * 2 * batch * tokens * c * 2 * c
     return flops, {
@@ -66,12 +67,12 @@ def mlp_case(batch, tokens, c):
     }
 
 
-def attn_case(batch, h, n_q, n_k, dk, dv):
+def attn_case(batch, h, n_q, n_k, dk, dv, dtype=torch.float32):
     # q/k/v as views of a packed projection, exactly as LeViT produces them.
-    kv = torch.randn(batch, n_k, h, dk + dv).permute(0, 2, 1, 3)
-    q = torch.randn(batch, n_q, h, dk).permute(0, 2, 1, 3)
+    kv = torch.randn(batch, n_k, h, dk + dv).to(dtype).permute(0, 2, 1, 3)
+    q = torch.randn(batch, n_q, h, dk).to(dtype).permute(0, 2, 1, 3)
     k, v = kv[..., :dk], kv[..., dk:]
-    bias = torch.randn(h, n_q, n_k)
+    bias = torch.randn(h, n_q, n_k).to(dtype)
     scale = dk ** -0.5
     flops = 2 * batch * h * n_q * n_k * (dk + dv)
     return flops, {
@@ -80,15 +81,16 @@ def attn_case(batch, h, n_q, n_k, dk, dv):
     }
 
 
-def all_cases(batch):
+def all_cases(batch, dtype=torch.float32):
     for name, tokens, k, n in LINEAR_SHAPES:
         for epi in EPILOGUES:
-            yield f"linear {name} M={batch * tokens} {k}->{n} [{epi}]", linear_case(batch, tokens, k, n, epi)
+            yield (f"linear {name} M={batch * tokens} {k}->{n} [{epi}]",
+                   linear_case(batch, tokens, k, n, epi, dtype))
     for name, tokens, c in MLP_SHAPES:
-        yield f"mlp {name} M={batch * tokens} {c}->{2 * c}->{c}", mlp_case(batch, tokens, c)
+        yield f"mlp {name} M={batch * tokens} {c}->{2 * c}->{c}", mlp_case(batch, tokens, c, dtype)
     for name, h, n_q, n_k, dk, dv in ATTN_SHAPES:
         yield (f"attention {name} B={batch} H={h} Nq={n_q} Nk={n_k} Dk={dk} Dv={dv} +hswish",
-               attn_case(batch, h, n_q, n_k, dk, dv))
+               attn_case(batch, h, n_q, n_k, dk, dv, dtype))
 
 
 # ---------------------------------------------------------------- pytest-benchmark
@@ -98,8 +100,9 @@ def _params():
                             for n, t, k, nn in LINEAR_SHAPES for e in EPILOGUES] + \
                            [(f"{n} M={batch * t}", ("mlp", batch, t, c)) for n, t, c in MLP_SHAPES] + \
                            [(f"{n} B={batch}", ("attn", batch, *s)) for n, *s in ATTN_SHAPES]:
-            for provider in ("reference", "fused"):
-                yield pytest.param(shape, provider, id=f"{name}-{provider}")
+            for dtype in ("float32", "bfloat16"):
+                for provider in ("reference", "fused"):
+                    yield pytest.param(shape, dtype, provider, id=f"{name}-{dtype}-{provider}")
 
 
 @pytest.fixture(autouse=True)
@@ -110,11 +113,12 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("shape,provider", list(_params()))
-def test_cpu_op(benchmark, shape, provider):
+@pytest.mark.parametrize("shape,dtype,provider", list(_params()))
+def test_cpu_op(benchmark, shape, dtype, provider):
     kind, *args = shape
-    flops, fns = {"linear": linear_case, "mlp": mlp_case, "attn": attn_case}[kind](*args)
-    benchmark.group = f"{kind} {args}"
+    case = {"linear": linear_case, "mlp": mlp_case, "attn": attn_case}[kind]
+    flops, fns = case(*args, dtype=getattr(torch, dtype))
+    benchmark.group = f"{kind} {args} {dtype}"
     benchmark.extra_info["gflop"] = flops / 1e9
     benchmark(fns[provider])
 
@@ -151,6 +155,8 @@ def main():
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 1])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--filter", default="", help="only cases whose name contains this")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="the kernels' dtype (bfloat16: against PyTorch in bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -158,12 +164,14 @@ def main():
     mm = 2 * 2048 ** 3 / best_times([lambda: torch.mm(a, b)], repeats=5, min_time=0.5)[0] / 1e9
     gcc = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     print(f"machine: {platform.processor() or platform.machine()}, threads={args.threads}, "
-          f"torch {torch.__version__}, {gcc}, ISA path {cpu.isa()}, {datetime.date.today()}")
+          f"torch {torch.__version__}, {gcc}, ISA path {cpu.isa()}, {args.dtype} "
+          f"({cpu.bf16_path() if args.dtype == 'bfloat16' else cpu.float32_path()}), "
+          f"{datetime.date.today()}")
     print(f"torch.mm 2048³: {mm:.1f} GFLOP/s\n")
     print("| case | reference ms | fused ms | fused/ref speed-up | fused GFLOP/s | % of mm | unpacked speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for batch in args.batch:
-        for name, (flops, fns) in all_cases(batch):
+        for name, (flops, fns) in all_cases(batch, getattr(torch, args.dtype)):
             if args.filter not in name:
                 continue
             names = [n for n in ("reference", "fused", "fused_unpacked") if n in fns]

@@ -4,17 +4,24 @@
 //
 // q/k/v are addressed through batch/head/token strides with unit stride on the feature dim,
 // so they can be views of a packed qkv projection (B, N, H, Dk+Dk+Dv) without any copy.
+//
+// T is float or bf16 (bf16.h) for q, k, v, bias and out alike. bf16 inputs are widened to
+// float32 as they are copied into the kernel's buffers (Kᵀ, packed V, the q block), scores,
+// softmax and P·V run in float32 as for float inputs, and each output is rounded to bf16 once.
 #pragma once
 
 #include <cstdint>
 
+#include "bf16.h"
+
 namespace levit {
 
-struct AttnArgs {
-  const float* q;
-  const float* k;
-  const float* v;      // unused for probabilities
-  const float* bias;   // (H, Nq, Nk) contiguous
+template <class T>
+struct AttnArgsT {
+  const T* q;
+  const T* k;
+  const T* v;      // unused for probabilities
+  const T* bias;   // (H, Nq, Nk) contiguous
   int64_t batch, heads, nq, nk, dk, dv;
   int64_t q_sb, q_sh, q_sn;  // strides (elements) over batch, head, token
   int64_t k_sb, k_sh, k_sn;
@@ -22,11 +29,13 @@ struct AttnArgs {
   float scale;
   bool hardswish;
   bool probs;          // true: write softmax probabilities (B, H, Nq, Nk) instead
-  float* out;          // (B, Nq, H*Dv) or (B, H, Nq, Nk), contiguous
+  T* out;          // (B, Nq, H*Dv) or (B, H, Nq, Nk), contiguous
 };
+using AttnArgs = AttnArgsT<float>;
 
 // Runs the whole op on up to nthreads threads (tasks = batch × head × query chunk).
-void attention(const AttnArgs& args, int nthreads);
+void attention(const AttnArgsT<float>& args, int nthreads);
+void attention(const AttnArgsT<bf16>& args, int nthreads);
 
 // ---- per-ISA task kernels (attention.cpp: generic; attention_avx2.cpp; attention_avx512.cpp)
 // One task: batch b, head h, query rows [i0, i1). `next` (or null) is the task this thread
@@ -36,13 +45,20 @@ struct AttnTask {
   int64_t b, h, i0, i1;
 };
 
-struct AttnKernel {
-  void (*task)(const AttnArgs&, const AttnTask& cur, const AttnTask* next);
+template <class T>
+struct AttnKernelT {
+  void (*task)(const AttnArgsT<T>&, const AttnTask& cur, const AttnTask* next);
   int rows;  // query rows processed together; chunks are multiples of this
 };
+using AttnKernel = AttnKernelT<float>;
 
 AttnKernel attention_kernel_generic();
 AttnKernel attention_kernel_avx2();
 AttnKernel attention_kernel_avx512();
+// bf16 (the avx512_bf16 path runs the AVX-512 one: scores and P·V are float32 FMAs on
+// widened inputs, no vdpbf16ps yet)
+AttnKernelT<bf16> attention_kernel_bf16_generic();
+AttnKernelT<bf16> attention_kernel_bf16_avx2();
+AttnKernelT<bf16> attention_kernel_bf16_avx512();
 
 }  // namespace levit

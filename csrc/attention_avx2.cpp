@@ -10,6 +10,7 @@
 
 namespace levit {
 
-AttnKernel attention_kernel_avx2() { return {&attention_task<Avx2, 6, 2, 2>, 6}; }
+AttnKernel attention_kernel_avx2() { return {&attention_task<Avx2, float, 6, 2, 2>, 6}; }
+AttnKernelT<bf16> attention_kernel_bf16_avx2() { return {&attention_task<Avx2, bf16, 6, 2, 2>, 6}; }
 
 }  // namespace levit

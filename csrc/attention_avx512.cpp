@@ -7,6 +7,9 @@
 
 namespace levit {
 
-AttnKernel attention_kernel_avx512() { return {&attention_task<Avx512, 6, 4, 4>, 6}; }
+AttnKernel attention_kernel_avx512() { return {&attention_task<Avx512, float, 6, 4, 4>, 6}; }
+AttnKernelT<bf16> attention_kernel_bf16_avx512() {
+  return {&attention_task<Avx512, bf16, 6, 4, 4>, 6};
+}
 
 }  // namespace levit

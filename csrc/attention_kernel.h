@@ -15,6 +15,9 @@
 //      strided between tokens) is read once per group and column block. Epilogue: ·1/sum,
 //      Hardswish, masked store straight into out[b, i, h·Dv + d] (B, Nq, H·Dv).
 // Nothing past Nk (bias, scores) or Dv (v, out) is touched: tails use masked loads/stores.
+// bf16 inputs (T = bf16) are widened where they are copied anyway (Kᵀ, packed V; the q rows
+// of a block into a small float32 buffer) and where bias is loaded; outputs are rounded once
+// on the store. Reference: levit_kernels/ops/reference.py::attention / ::attention_probs.
 #pragma once
 
 #include <algorithm>
@@ -28,10 +31,11 @@
 namespace levit {
 namespace {
 
+template <class T>
 struct Rows {  // a run of query rows: a block, or one group of R rows inside it
-  const float* q;     // q[b, h, i0]
+  const float* q;     // q[b, h, i0] (float32: bf16 q rows are widened per block)
   int64_t q_sn;
-  const float* bias;  // bias[h, i0, 0]
+  const T* bias;      // bias[h, i0, 0]
   float* s;           // scores/probabilities, one row of nkp floats per query
   int64_t nkp;
   float* inv;         // 1 / row sum, one per query
@@ -50,8 +54,8 @@ inline void with_count(int64_t n, F&& f) {
 }
 
 // S[r, j0 : j0 + JB·W] for R rows.
-template <class V, int R, int JB>
-inline void score_block(const AttnArgs& a, const Rows& rw, const float* kt, int64_t j0) {
+template <class V, class T, int R, int JB>
+inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* kt, int64_t j0) {
   using vec = typename V::vec;
   constexpr int W = V::W;
   vec acc[R][JB];
@@ -77,8 +81,9 @@ inline void score_block(const AttnArgs& a, const Rows& rw, const float* kt, int6
     const auto m = V::tail(valid);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const float* bp = rw.bias + r * a.nk + j;
-      vec x = V::fma(acc[r][c], scale, valid >= W ? V::load(bp) : V::load(bp, m));
+      const T* bp = rw.bias + r * a.nk + j;
+      vec x = V::fma(acc[r][c], scale,
+                     valid >= W ? load_as_float<V>(bp) : load_as_float<V>(bp, valid));
       if (valid < W) x = V::select(m, x, ninf);
       V::store(rw.s + r * rw.nkp + j, x);
     }
@@ -86,14 +91,11 @@ inline void score_block(const AttnArgs& a, const Rows& rw, const float* kt, int6
 }
 
 // O[r, d0 : d0 + DB·W] = Σ_j P[r, j] · V[j, d0 : ...], then ·1/sum, Hardswish, store.
-template <class V, int R, int DB>
-inline void pv_block(const AttnArgs& a, const Rows& rw, const float* vp, float* out,
+template <class V, class T, int R, int DB>
+inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, T* out,
                      int64_t ldo, int64_t d0) {
   using vec = typename V::vec;
   constexpr int W = V::W;
-  typename V::mask m[DB];
-#pragma GCC unroll 8
-  for (int c = 0; c < DB; ++c) m[c] = V::tail(a.dv - d0 - c * W);
   const bool full = d0 + DB * W <= a.dv;
   vec acc[R][DB];
 #pragma GCC unroll 8
@@ -119,17 +121,17 @@ inline void pv_block(const AttnArgs& a, const Rows& rw, const float* vp, float* 
     for (int c = 0; c < DB; ++c) {
       vec x = V::mul(acc[r][c], inv);
       if (a.hardswish) x = hardswish<V>(x);
-      float* op = out + r * ldo + d0 + c * W;
-      if (full) V::store(op, x);
-      else V::store(op, x, m[c]);
+      T* op = out + r * ldo + d0 + c * W;
+      if (full) store_from_float<V>(op, x);
+      else store_from_float<V>(op, x, a.dv - d0 - c * W);
     }
   }
 }
 
 // Softmax of one score row in place: e = exp(s - max) (0 for the -inf tail), *inv = 1/Σe;
 // with `probs` set, the normalised row is also written there (Nk floats).
-template <class V>
-inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, float* probs) {
+template <class V, class T>
+inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, T* probs) {
   constexpr int W = V::W;
   auto mx = V::load(s);
   for (int64_t j = W; j < nkp; j += W) mx = V::max(mx, V::load(s + j));
@@ -145,8 +147,8 @@ inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, float* pr
     const auto iv = V::set1(*inv);
     for (int64_t j = 0; j < nk; j += W) {
       const auto x = V::mul(V::load(s + j), iv);
-      if (j + W <= nk) V::store(probs + j, x);
-      else V::store(probs + j, x, V::tail(nk - j));
+      if (j + W <= nk) store_from_float<V>(probs + j, x);
+      else store_from_float<V>(probs + j, x, nk - j);
     }
   }
 }
@@ -155,23 +157,23 @@ inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, float* pr
 // row, then P·V. Loop order is for L1: each Kᵀ strip (Dk × JB·W) is used by every row group
 // of the block before the next strip is touched, and likewise each V slab (Nk × DB·W), so
 // they are read from L2 once per block instead of once per R rows.
-template <class V, int R, int JB, int DB>
-void block_pass(const AttnArgs& a, const Rows& blk, int64_t rows, const float* kt,
-                const float* vp, float* out, int64_t ldo) {
+template <class V, class T, int R, int JB, int DB>
+void block_pass(const AttnArgsT<T>& a, const Rows<T>& blk, int64_t rows, const float* kt,
+                const float* vp, T* out, int64_t ldo) {
   constexpr int W = V::W;
   const int64_t nvec = blk.nkp / W;
   for (int64_t c = 0; c < nvec; c += JB) {
     for (int64_t r0 = 0; r0 < rows; r0 += R) {
-      const Rows g = blk.from(r0, a.nk);
+      const Rows<T> g = blk.from(r0, a.nk);
       with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
         with_count<JB>(std::min<int64_t>(JB, nvec - c), [&](auto jc) {
-          score_block<V, decltype(rc)::value, decltype(jc)::value>(a, g, kt, c * W);
+          score_block<V, T, decltype(rc)::value, decltype(jc)::value>(a, g, kt, c * W);
         });
       });
     }
   }
   for (int64_t r = 0; r < rows; ++r)
-    softmax_row<V>(blk.s + r * blk.nkp, blk.nkp, a.nk, blk.inv + r,
+    softmax_row<V, T>(blk.s + r * blk.nkp, blk.nkp, a.nk, blk.inv + r,
                    a.probs ? out + r * ldo : nullptr);
   if (a.probs) return;
 
@@ -179,28 +181,47 @@ void block_pass(const AttnArgs& a, const Rows& blk, int64_t rows, const float* k
   for (int64_t d = 0; d < dvec; d += DB) {
     const float* slab = vp + d * W * a.nk;
     for (int64_t r0 = 0; r0 < rows; r0 += R) {
-      const Rows g = blk.from(r0, a.nk);
+      const Rows<T> g = blk.from(r0, a.nk);
       with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
         with_count<DB>(std::min<int64_t>(DB, dvec - d), [&](auto dc) {
-          pv_block<V, decltype(rc)::value, decltype(dc)::value>(a, g, slab, out + r0 * ldo, ldo,
-                                                                 d * W);
+          pv_block<V, T, decltype(rc)::value, decltype(dc)::value>(a, g, slab, out + r0 * ldo,
+                                                                    ldo, d * W);
         });
       });
     }
   }
 }
 
-// Prefetch (to L2) rows [r0, r1) of a (rows × width floats, row stride ld) matrix.
-inline void prefetch_rows(const float* base, int64_t ld, int64_t width, int64_t r0, int64_t r1) {
+// Prefetch (to L2) rows [r0, r1) of a (rows × width values, row stride ld) matrix.
+template <class T>
+inline void prefetch_rows(const T* base, int64_t ld, int64_t width, int64_t r0, int64_t r1) {
+  const int64_t bytes = width * static_cast<int64_t>(sizeof(T));
   for (int64_t r = r0; r < r1; ++r) {
     const char* p = reinterpret_cast<const char*>(base + r * ld);
-    for (int64_t off = 0; off < width * 4; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
-    _mm_prefetch(p + width * 4 - 1, _MM_HINT_T1);
+    for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
+    _mm_prefetch(p + bytes - 1, _MM_HINT_T1);
   }
 }
 
-template <class V, int R, int JB, int DB>
-void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next) {
+// The q rows [i, i + rows) of (b, h) as float32 rows: float q in place, bf16 q widened into
+// `buf` (rows × dk).
+inline const float* q_rows(const AttnArgsT<float>& a, int64_t b, int64_t h, int64_t i,
+                           int64_t, float*, int64_t* q_sn) {
+  *q_sn = a.q_sn;
+  return a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
+}
+
+inline const float* q_rows(const AttnArgsT<bf16>& a, int64_t b, int64_t h, int64_t i,
+                           int64_t rows, float* buf, int64_t* q_sn) {
+  const bf16* q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < a.dk; ++d) buf[r * a.dk + d] = to_float(q[r * a.q_sn + d]);
+  *q_sn = a.dk;
+  return buf;
+}
+
+template <class V, class T, int R, int JB, int DB>
+void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* next) {
   const int64_t b = cur.b, h = cur.h, i0 = cur.i0, i1 = cur.i1;
   constexpr int W = V::W;
   const int64_t nkp = (a.nk + W - 1) / W * W;
@@ -211,37 +232,37 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
   const int64_t rb = R * std::clamp<int64_t>(12 * 1024 / (R * nkp * 4), 1, kMaxGroups);
   float inv[R * kMaxGroups];
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(a.dk * nkp + rb * nkp + a.nk * dvp);
+  const size_t need = static_cast<size_t>(a.dk * nkp + rb * nkp + a.nk * dvp + rb * a.dk);
   if (buf.size() < need) buf.resize(need);
   float* kt = buf.data();
   float* vp = kt + a.dk * nkp + rb * nkp;
+  float* qbuf = vp + a.nk * dvp;  // a block's q rows, widened (bf16 only)
 
   // Kᵀ with zero columns past Nk (their scores are replaced by -inf anyway).
-  const float* kb = a.k + b * a.k_sb + h * a.k_sh;
+  const T* kb = a.k + b * a.k_sb + h * a.k_sh;
   for (int64_t d = 0; d < a.dk; ++d) std::fill(kt + d * nkp + a.nk, kt + (d + 1) * nkp, 0.0f);
   for (int64_t j = 0; j < a.nk; ++j)
-    for (int64_t d = 0; d < a.dk; ++d) kt[d * nkp + j] = kb[j * a.k_sn + d];
+    for (int64_t d = 0; d < a.dk; ++d) kt[d * nkp + j] = to_float(kb[j * a.k_sn + d]);
 
   // V copied once into column blocks of DB·W floats, [block][j][DB·W], zero-padded past Dv:
   // each P·V pass then streams one contiguous Nk × DB·W slab (hardware-prefetch friendly;
   // rows of a packed qkv tensor are 2-6 KB apart, beyond the L1 stride prefetcher's reach).
   // A tail block narrower than DB·W uses its own width, matching the smaller DB of block_pass.
   if (!a.probs) {
-    const float* vb = a.v + b * a.v_sb + h * a.v_sh;
+    const T* vb = a.v + b * a.v_sb + h * a.v_sh;
     for (int64_t d0 = 0; d0 < dvp; d0 += DB * W) {
       const int64_t width = std::min<int64_t>(DB * W, dvp - d0);
       const int64_t valid = std::min(width, a.dv - d0);
       float* dst = vp + d0 * a.nk;
       for (int64_t j = 0; j < a.nk; ++j) {
-        const float* src = vb + j * a.v_sn + d0;
-        std::copy(src, src + valid, dst + j * width);
+        const T* src = vb + j * a.v_sn + d0;
+        std::transform(src, src + valid, dst + j * width, [](T x) { return to_float(x); });
         std::fill(dst + j * width + valid, dst + (j + 1) * width, 0.0f);
       }
     }
   }
 
-  Rows blk;
-  blk.q_sn = a.q_sn;
+  Rows<T> blk;
   blk.s = kt + a.dk * nkp;
   blk.nkp = nkp;
   blk.inv = inv;
@@ -260,9 +281,9 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
       const int64_t r0 = std::min(next->i1, next->i0 + g * q_per), r1 = std::min(next->i1, r0 + q_per);
       prefetch_rows(a.q + next->b * a.q_sb + next->h * a.q_sh, a.q_sn, a.dk, r0, r1);
     }
-    blk.q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
+    blk.q = q_rows(a, b, h, i, std::min(rb, i1 - i), qbuf, &blk.q_sn);
     blk.bias = a.bias + (h * a.nq + i) * a.nk;
-    float* out;
+    T* out;
     int64_t ldo;
     if (a.probs) {
       out = a.out + ((b * a.heads + h) * a.nq + i) * a.nk;
@@ -271,7 +292,7 @@ void attention_task(const AttnArgs& a, const AttnTask& cur, const AttnTask* next
       out = a.out + (b * a.nq + i) * a.heads * a.dv + h * a.dv;
       ldo = a.heads * a.dv;
     }
-    block_pass<V, R, JB, DB>(a, blk, std::min(rb, i1 - i), kt, vp, out, ldo);
+    block_pass<V, T, R, JB, DB>(a, blk, std::min(rb, i1 - i), kt, vp, out, ldo);
   }
 }
 

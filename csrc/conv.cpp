@@ -7,10 +7,17 @@
 // thread-local buffer (row stride padded so rows never alias in L1; out-of-image taps are 0),
 // which then feeds the packed GEMM block kernels with the bias + Hardswish epilogue applied in
 // registers. The patch matrix never exists as a whole, and no separate activation pass runs.
+//
+// Float32 and bf16 share this code (templates on the element type T); the bf16 GEMMs
+// accumulate in float32 and round each output once (gemm_bf16.h). A bf16 patch row holds each
+// kernel row's kw·cin values padded with a zero to an even length, the runs the packed bf16
+// weight is laid out in. Reference: torch.nn.functional.conv2d (+ Hardswish).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
+#include "gemm_bf16.h"
 #include "thread_pool.h"
 
 namespace levit {
@@ -20,12 +27,20 @@ namespace {
 // Rows [i0, i0 + rows) of the patch matrix: the kh·kw·cin patch of each output pixel, in
 // (ky, kx, ci) order, zeros off the image. Arguments are copied to locals first: the stores
 // into `dst` could otherwise alias them in the compiler's eyes and force reloads per tap.
-void gather_patches(const ConvArgs& a, int64_t ho, int64_t wo, int64_t i0, int64_t rows,
-                    float* dst, int64_t ld) {
-  const float* const x = a.x;
+// Values per kernel row of a patch row: kw·cin, padded to pairs in bf16.
+template <class T>
+int64_t run_stride(int64_t run) {
+  return std::is_same_v<T, bf16> ? run + run % 2 : run;
+}
+
+template <class T>
+void gather_patches(const ConvArgsT<T>& a, int64_t ho, int64_t wo, int64_t i0, int64_t rows,
+                    T* dst, int64_t ld) {
+  const T zero{};
+  const T* const x = a.x;
   const int64_t h = a.h, w = a.w, cin = a.cin, sb = a.sb, sh = a.sh, sw = a.sw, sc = a.sc;
   const int64_t kh = a.kh, kw = a.kw, stride = a.stride, pad = a.pad;
-  const int64_t run = kw * cin;
+  const int64_t run = kw * cin, step = run_stride<T>(run);
   const bool nhwc = sc == 1 && sw == cin;  // a kernel row's kw taps are one contiguous run
   // Output pixel (b, oy, ox) of row i0, then stepped row by row (three divisions per row
   // would cost as much as gathering a 27-float patch).
@@ -33,25 +48,26 @@ void gather_patches(const ConvArgs& a, int64_t ho, int64_t wo, int64_t i0, int64
   for (int64_t r = 0; r < rows; ++r, dst += ld) {
     const int64_t iy0 = oy * stride - pad, ix0 = ox * stride - pad;
     const bool whole_rows = nhwc && ix0 >= 0 && ix0 + kw <= w;
-    float* d = dst;
-    for (int64_t ky = 0; ky < kh; ++ky, d += run) {
+    T* d = dst;
+    for (int64_t ky = 0; ky < kh; ++ky, d += step) {
       const int64_t iy = iy0 + ky;
+      if (step > run) d[run] = zero;  // the pair padding of a bf16 run
       if (iy < 0 || iy >= h) {
-        for (int64_t i = 0; i < run; ++i) d[i] = 0.0f;
+        for (int64_t i = 0; i < run; ++i) d[i] = zero;
         continue;
       }
-      const float* src_row = x + b * sb + iy * sh;
+      const T* src_row = x + b * sb + iy * sh;
       if (whole_rows) {
-        const float* src = src_row + ix0 * sw;
+        const T* src = src_row + ix0 * sw;
         for (int64_t i = 0; i < run; ++i) d[i] = src[i];
         continue;
       }
       for (int64_t kx = 0; kx < kw; ++kx) {  // image edge, or a non-NHWC layout
         const int64_t ix = ix0 + kx;
-        float* dk = d + kx * cin;
-        const float* src = src_row + ix * sw;
+        T* dk = d + kx * cin;
+        const T* src = src_row + ix * sw;
         if (ix < 0 || ix >= w) {
-          for (int64_t c = 0; c < cin; ++c) dk[c] = 0.0f;
+          for (int64_t c = 0; c < cin; ++c) dk[c] = zero;
         } else {  // e.g. NCHW images read in place: channels are a plane apart
           for (int64_t c = 0; c < cin; ++c) dk[c] = src[c * sc];
         }
@@ -64,15 +80,14 @@ void gather_patches(const ConvArgs& a, int64_t ho, int64_t wo, int64_t i0, int64
   }
 }
 
-}  // namespace
-
-void conv2d_packed(const ConvArgs& a, int nthreads) {
+template <class T>
+void conv2d_packed_t(const ConvArgsT<T>& a, int nthreads) {
   const int64_t ho = (a.h + 2 * a.pad - a.kh) / a.stride + 1;
   const int64_t wo = (a.w + 2 * a.pad - a.kw) / a.stride + 1;
-  const int64_t m = a.batch * ho * wo, k = a.kh * a.kw * a.cin;
-  const int64_t mb = gemm_row_block(), lda = padded_stride(k);
+  const int64_t m = a.batch * ho * wo, k = a.kh * run_stride<T>(a.kw * a.cin);
+  const int64_t mb = gemm_row_block<T>(), lda = padded_stride(k);
   parallel_for((m + mb - 1) / mb, nthreads, [&](int64_t ib) {
-    thread_local std::vector<float> patches;
+    thread_local std::vector<T> patches;
     if (static_cast<int64_t>(patches.size()) < mb * lda) patches.resize(mb * lda);
     const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);
     gather_patches(a, ho, wo, i0, rows, patches.data(), lda);
@@ -81,20 +96,56 @@ void conv2d_packed(const ConvArgs& a, int nthreads) {
   });
 }
 
-void pad_nhwc(const float* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb,
-              int64_t sh, int64_t sw, int64_t sc, int64_t pad, float* out, int nthreads) {
+template <class T>
+void conv2d_padded_t(const PaddedConvArgsT<T>& a, int nthreads) {
+  const T zero{};
+  const int64_t ho = (a.hp - a.kernel) / a.stride + 1, wo = (a.wp - a.kernel) / a.stride + 1;
+  const int64_t p = a.out_pad, out_w = wo + 2 * p, c = a.cout;
+  const int64_t run = a.kernel * a.cin;  // one kernel row of a patch: contiguous in the input
+  // One task per output row: its pixels' patches are `kernel` strided matrices (one per kernel
+  // row) with row stride stride·cin, multiplied straight out of the padded input.
+  parallel_for(a.batch * ho, nthreads, [&](int64_t t) {
+    const int64_t b = t / ho, oy = t % ho;
+    T* image = a.out + b * (ho + 2 * p) * out_w * c;
+    T* row = image + ((oy + p) * out_w + p) * c;
+    if (p > 0) {  // the next convolution's zero border around this row (and above / below)
+      std::fill(row - p * c, row, zero);
+      std::fill(row + wo * c, row + (wo + p) * c, zero);
+      if (oy == 0) std::fill(image, image + p * out_w * c, zero);
+      if (oy == ho - 1) std::fill(row + (wo + p) * c, row + (wo + p + p * out_w) * c, zero);
+    }
+    thread_local std::vector<const T*> segments;
+    segments.resize(a.kernel);
+    for (int64_t ky = 0; ky < a.kernel; ++ky)
+      segments[ky] = a.x + ((b * a.hp + oy * a.stride + ky) * a.wp) * a.cin;
+    gemm_rows_segments(segments.data(), a.kernel, run, a.stride * a.cin, wo, a.packed, c, a.bias,
+                       a.act, row, c);
+  });
+}
+
+}  // namespace
+
+void conv2d_packed(const ConvArgsT<float>& a, int nthreads) { conv2d_packed_t(a, nthreads); }
+void conv2d_packed(const ConvArgsT<bf16>& a, int nthreads) { conv2d_packed_t(a, nthreads); }
+void conv2d_padded(const PaddedConvArgsT<float>& a, int nthreads) { conv2d_padded_t(a, nthreads); }
+void conv2d_padded(const PaddedConvArgsT<bf16>& a, int nthreads) { conv2d_padded_t(a, nthreads); }
+
+template <class T>
+void pad_nhwc(const T* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb, int64_t sh,
+              int64_t sw, int64_t sc, int64_t pad, T* out, int nthreads) {
+  const T zero{};
   const int64_t hp = h + 2 * pad, wp = w + 2 * pad;
   parallel_for(batch * hp, nthreads, [&](int64_t t) {
     const int64_t b = t / hp, y = t % hp - pad;
-    float* row = out + t * wp * c;
+    T* row = out + t * wp * c;
     if (y < 0 || y >= h) {
-      std::fill(row, row + wp * c, 0.0f);
+      std::fill(row, row + wp * c, zero);
       return;
     }
-    std::fill(row, row + pad * c, 0.0f);
-    std::fill(row + (pad + w) * c, row + wp * c, 0.0f);
-    const float* src = x + b * sb + y * sh;
-    float* dst = row + pad * c;
+    std::fill(row, row + pad * c, zero);
+    std::fill(row + (pad + w) * c, row + wp * c, zero);
+    const T* src = x + b * sb + y * sh;
+    T* dst = row + pad * c;
     if (sc == 1 && sw == c) {
       std::copy(src, src + w * c, dst);
       return;
@@ -104,29 +155,9 @@ void pad_nhwc(const float* x, int64_t batch, int64_t h, int64_t w, int64_t c, in
   });
 }
 
-void conv2d_padded(const PaddedConvArgs& a, int nthreads) {
-  const int64_t ho = (a.hp - a.kernel) / a.stride + 1, wo = (a.wp - a.kernel) / a.stride + 1;
-  const int64_t p = a.out_pad, out_w = wo + 2 * p, c = a.cout;
-  const int64_t run = a.kernel * a.cin;  // one kernel row of a patch: contiguous in the input
-  // One task per output row: its pixels' patches are `kernel` strided matrices (one per kernel
-  // row) with row stride stride·cin, multiplied straight out of the padded input.
-  parallel_for(a.batch * ho, nthreads, [&](int64_t t) {
-    const int64_t b = t / ho, oy = t % ho;
-    float* image = a.out + b * (ho + 2 * p) * out_w * c;
-    float* row = image + ((oy + p) * out_w + p) * c;
-    if (p > 0) {  // the next convolution's zero border around this row (and above / below)
-      std::fill(row - p * c, row, 0.0f);
-      std::fill(row + wo * c, row + (wo + p) * c, 0.0f);
-      if (oy == 0) std::fill(image, image + p * out_w * c, 0.0f);
-      if (oy == ho - 1) std::fill(row + (wo + p) * c, row + (wo + p + p * out_w) * c, 0.0f);
-    }
-    thread_local std::vector<const float*> segments;
-    segments.resize(a.kernel);
-    for (int64_t ky = 0; ky < a.kernel; ++ky)
-      segments[ky] = a.x + ((b * a.hp + oy * a.stride + ky) * a.wp) * a.cin;
-    gemm_rows_segments(segments.data(), a.kernel, run, a.stride * a.cin, wo, a.packed, c, a.bias,
-                       a.act, row, c);
-  });
-}
+template void pad_nhwc<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, float*, int);
+template void pad_nhwc<bf16>(const bf16*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, bf16*, int);
 
 }  // namespace levit

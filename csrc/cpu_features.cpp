@@ -5,6 +5,7 @@
 #include "cpu_features.h"
 
 #include <atomic>
+#include <cctype>
 #include <cstdint>
 #include <cstdlib>
 
@@ -19,6 +20,7 @@ namespace {
 struct Features {
   bool avx2 = false;
   bool avx512 = false;
+  bool avx512_bf16 = false;
 };
 
 #ifdef LEVIT_X86
@@ -41,11 +43,16 @@ Features detect() {
   const bool zmm_saved = (xcr0 & 0xE6) == 0xE6;    // + opmask, ZMM_Hi256, Hi16_ZMM
   if (__get_cpuid_max(0, nullptr) < 7) return f;
   __cpuid_count(7, 0, a, b, c, d);
+  const unsigned max_subleaf = a;
   const bool avx2 = b & (1u << 5);
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17);
   const bool avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
   f.avx2 = ymm_saved && avx2;
   f.avx512 = f.avx2 && zmm_saved && avx512f && avx512dq && avx512bw && avx512vl;
+  if (max_subleaf >= 1) {
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // leaf 7 subleaf 1 EAX bit 5: AVX512_BF16
+  }
 #endif
   return f;
 }
@@ -56,6 +63,7 @@ const Features& features() {
 }
 
 Isa best_isa() {
+  if (features().avx512_bf16) return Isa::avx512_bf16;
   if (features().avx512) return Isa::avx512;
   if (features().avx2) return Isa::avx2;
   return Isa::generic;
@@ -66,23 +74,31 @@ std::string& note() {
   return n;
 }
 
+std::string& warning() {
+  static std::string w;
+  return w;
+}
+
 Isa initial_isa() {
   const Isa best = best_isa();
   note() = std::string("best available on this CPU (") + isa_name(best) + ")";
   const char* env = std::getenv("LEVIT_CPU_ISA");
   if (env == nullptr || *env == '\0') return best;
+  const std::string value = std::string("LEVIT_CPU_ISA=") + env;
   Isa want;
   if (!isa_from_name(env, &want)) {
-    note() = std::string("LEVIT_CPU_ISA=") + env + " is not one of generic|avx2|avx512; using " +
-             isa_name(best);
+    warning() = value + " is not one of generic|avx2|avx512|avx512_bf16: ignored, using " +
+                isa_name(best);
+    note() = warning();
     return best;
   }
   if (!cpu_supports(want)) {
-    note() = std::string("LEVIT_CPU_ISA=") + env + " but this CPU (or OS) lacks it; using " +
-             isa_name(best);
+    warning() = value + " but this CPU (or OS) lacks " + isa_name(want) + ": ignored, using " +
+                isa_name(best);
+    note() = warning();
     return best;
   }
-  note() = std::string("LEVIT_CPU_ISA=") + env;
+  note() = value;
   return want;
 }
 
@@ -95,6 +111,7 @@ std::atomic<int>& active() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "generic";
@@ -102,15 +119,23 @@ const char* isa_name(Isa isa) {
 }
 
 bool isa_from_name(const std::string& name, Isa* out) {
-  if (name == "generic") *out = Isa::generic;
-  else if (name == "avx2") *out = Isa::avx2;
-  else if (name == "avx512") *out = Isa::avx512;
-  else return false;
-  return true;
+  std::string key;  // "AVX512-BF16" and " avx2 " name paths too
+  for (char ch : name) {
+    if (std::isspace(static_cast<unsigned char>(ch))) continue;
+    key += ch == '-' ? '_' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  }
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+    if (key == isa_name(isa)) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
 }
 
 bool cpu_supports(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16: return features().avx512_bf16;
     case Isa::avx512: return features().avx512;
     case Isa::avx2: return features().avx2;
     default: return true;
@@ -119,7 +144,7 @@ bool cpu_supports(Isa isa) {
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (Isa i : {Isa::avx512, Isa::avx2, Isa::generic})
+  for (Isa i : {Isa::avx512_bf16, Isa::avx512, Isa::avx2, Isa::generic})
     if (cpu_supports(i)) out.push_back(isa_name(i));
   return out;
 }
@@ -136,6 +161,11 @@ bool set_isa(Isa isa) {
 const std::string& isa_note() {
   active();  // make sure the initial choice (and its note) has been made
   return note();
+}
+
+const std::string& isa_warning() {
+  active();
+  return warning();
 }
 
 }  // namespace levit

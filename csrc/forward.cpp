@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "gemm.h"
+#include "gemm_bf16.h"
 
 namespace levit {
 namespace {
@@ -23,49 +24,55 @@ void require(bool ok, const std::string& what) {
 
 std::string str(int64_t v) { return std::to_string(v); }
 
-int64_t aligned(int64_t floats) { return (floats + 15) / 16 * 16; }  // 64-byte regions
+// Regions start 128 bytes apart in float32, 64 in bf16 (whole cache lines either way).
+int64_t aligned(int64_t n) { return (n + 31) / 32 * 32; }
 
 // tokens (B, rows, cols, c) -> (B, ceil(rows/s), ceil(cols/s), c): every s-th row and column.
-void subsample_tokens(const float* x, int64_t batch, int64_t rows, int64_t cols, int64_t c,
-                      int64_t s, float* out) {
+template <class T>
+void subsample_tokens(const T* x, int64_t batch, int64_t rows, int64_t cols, int64_t c,
+                      int64_t s, T* out) {
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t r = 0; r < rows; r += s)
       for (int64_t col = 0; col < cols; col += s, out += c) {
-        const float* src = x + ((b * rows + r) * cols + col) * c;
+        const T* src = x + ((b * rows + r) * cols + col) * c;
         std::copy(src, src + c, out);
       }
 }
 
 // out (B, c) = mean over the n tokens of x (B, n, c), summed in double.
-void mean_tokens(const float* x, int64_t batch, int64_t n, int64_t c, float* out) {
+template <class T>
+void mean_tokens(const T* x, int64_t batch, int64_t n, int64_t c, T* out) {
   std::vector<double> sum(c);
   for (int64_t b = 0; b < batch; ++b) {
     std::fill(sum.begin(), sum.end(), 0.0);
     for (int64_t i = 0; i < n; ++i) {
-      const float* row = x + (b * n + i) * c;
-      for (int64_t j = 0; j < c; ++j) sum[j] += row[j];
+      const T* row = x + (b * n + i) * c;
+      for (int64_t j = 0; j < c; ++j) sum[j] += to_float(row[j]);
     }
-    for (int64_t j = 0; j < c; ++j) out[b * c + j] = static_cast<float>(sum[j] / n);
+    for (int64_t j = 0; j < c; ++j) out[b * c + j] = from_float<T>(static_cast<float>(sum[j] / n));
   }
 }
 
 }  // namespace
 
-Program::Program(int64_t in_channels, int64_t height, int64_t width)
+template <class T>
+ProgramT<T>::ProgramT(int64_t in_channels, int64_t height, int64_t width)
     : in_channels_(in_channels), height_(height), width_(width), rows_(height), cols_(width),
       channels_(in_channels) {
   require(in_channels >= 1 && height >= 1 && width >= 1,
           "images: expected channels, height and width >= 1");
 }
 
-void Program::grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn) {
+template <class T>
+void ProgramT<T>::grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn) {
   sizes_.act = std::max(sizes_.act, aligned(act));
   sizes_.qkv = std::max(sizes_.qkv, aligned(qkv));
   sizes_.sub = std::max(sizes_.sub, aligned(sub));
   sizes_.attn = std::max(sizes_.attn, aligned(attn));
 }
 
-void Program::add_conv(const ConvLayer& l) {
+template <class T>
+void ProgramT<T>::add_conv(const ConvLayerT<T>& l) {
   require_no_head("conv");
   require(!tokens_started_, "conv: every convolution must come before the token layers");
   require(l.cin == channels_, "conv: expected " + str(channels_) + " input channels, got " +
@@ -83,7 +90,8 @@ void Program::add_conv(const ConvLayer& l) {
   grow(ho * wo * l.cout, 0, 0, 0);
 }
 
-void Program::add_attention(const AttentionLayer& l) {
+template <class T>
+void ProgramT<T>::add_attention(const AttentionLayerT<T>& l) {
   require_no_head("attention");
   require(!convs_.empty(), "attention: the stem must come first (the tokens are its output)");
   require(l.channels == channels_, "attention: expected " + str(channels_) +
@@ -117,7 +125,8 @@ void Program::add_attention(const AttentionLayer& l) {
   layers_.emplace_back(Attention{l, in});
 }
 
-void Program::add_mlp(const MlpLayer& l) {
+template <class T>
+void ProgramT<T>::add_mlp(const MlpLayerT<T>& l) {
   require_no_head("mlp");
   require(!convs_.empty(), "mlp: the stem must come first (the tokens are its output)");
   require(l.channels == channels_, "mlp: expected " + str(channels_) + " channels, got " +
@@ -127,14 +136,16 @@ void Program::add_mlp(const MlpLayer& l) {
   layers_.emplace_back(Mlp{l, Geometry{rows_, cols_, channels_}});
 }
 
-void Program::require_no_head(const char* layer) const {
+template <class T>
+void ProgramT<T>::require_no_head(const char* layer) const {
   // The head reads the mean of the tokens the last layer leaves: nothing may come after it.
   require(head_ == nullptr, std::string(layer) + ": the head is already set; it must be the "
                                                   "last layer");
 }
 
-void Program::set_head(const float* packed, const float* bias, int64_t in_features,
-                       int64_t classes) {
+template <class T>
+void ProgramT<T>::set_head(const T* packed, const T* bias, int64_t in_features,
+                           int64_t classes) {
   require_no_head("head");
   require(!convs_.empty(), "head: the stem must come first");
   require(packed != nullptr && classes >= 1, "head: expected a packed weight and classes >= 1");
@@ -143,14 +154,16 @@ void Program::set_head(const float* packed, const float* bias, int64_t in_featur
   head_ = packed, head_bias_ = bias, classes_ = classes;
 }
 
-int64_t Program::workspace_floats(int64_t batch) const {
+template <class T>
+int64_t ProgramT<T>::workspace_elements(int64_t batch) const {
   return std::min(batch, kChunk) *
          (2 * sizes_.act + sizes_.qkv + sizes_.sub + sizes_.attn + aligned(channels_));
 }
 
-void Program::run_attention(const Attention& a, int64_t batch, float* x, float* next, float* qkv,
-                            float* sub, float* attn, int nthreads) const {
-  const AttentionLayer& l = a.layer;
+template <class T>
+void ProgramT<T>::run_attention(const Attention& a, int64_t batch, T* x, T* next, T* qkv,
+                                T* sub, T* attn, int nthreads) const {
+  const AttentionLayerT<T>& l = a.layer;
   const int64_t n = a.in.rows * a.in.cols, c = l.channels;
   const int64_t h = l.heads, dk = l.dk, dv = l.dv;
   const bool shrinking = l.subsample > 1;
@@ -159,7 +172,7 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
   const int64_t per_head = l.head_width, width = h * per_head;
   gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
               width, nthreads);
-  AttnArgs args{};
+  AttnArgsT<T> args{};
   args.batch = batch, args.heads = h, args.nq = n, args.nk = n, args.dk = dk, args.dv = dv;
   args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
   args.out = attn;
@@ -168,7 +181,7 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
   args.k_sn = args.v_sn = width;
   if (shrinking) {  // q (B, nq, h, dk) from the subsampled tokens
     args.nq = ((a.in.rows - 1) / l.subsample + 1) * ((a.in.cols - 1) / l.subsample + 1);
-    float* q = sub + batch * args.nq * c;
+    T* q = sub + batch * args.nq * c;
     subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, sub);
     gemm_packed(sub, batch * args.nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0, kActNone,
                 q, h * dk, nthreads);
@@ -183,21 +196,23 @@ void Program::run_attention(const Attention& a, int64_t batch, float* x, float* 
               nthreads);
 }
 
-void Program::run(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
-                  int64_t sw, float* workspace, float* out, int nthreads) const {
+template <class T>
+void ProgramT<T>::run(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
+                      int64_t sw, T* workspace, T* out, int nthreads) const {
   if (convs_.empty()) throw std::logic_error("Program::run: no layers");
   for (int64_t b0 = 0; b0 < batch; b0 += kChunk)
     run_chunk(images + b0 * sb, std::min(kChunk, batch - b0), sb, sc, sh, sw, workspace,
               out + b0 * output_features(), nthreads);
 }
 
-void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
-                        int64_t sw, float* workspace, float* out, int nthreads) const {
-  float* buf[2] = {workspace, workspace + batch * sizes_.act};
-  float* qkv = buf[1] + batch * sizes_.act;
-  float* sub = qkv + batch * sizes_.qkv;
-  float* attn = sub + batch * sizes_.sub;
-  float* mean = attn + batch * sizes_.attn;
+template <class T>
+void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t sc,
+                            int64_t sh, int64_t sw, T* workspace, T* out, int nthreads) const {
+  T* buf[2] = {workspace, workspace + batch * sizes_.act};
+  T* qkv = buf[1] + batch * sizes_.act;
+  T* sub = qkv + batch * sizes_.qkv;
+  T* attn = sub + batch * sizes_.sub;
+  T* mean = attn + batch * sizes_.attn;
   int cur = 0;
 
   // The stem: the images are copied once into NHWC with the first convolution's zero border
@@ -205,11 +220,11 @@ void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t 
   // next one's border, so no convolution gathers patches (conv2d_padded).
   int64_t hp = height_ + 2 * convs_[0].pad, wp = width_ + 2 * convs_[0].pad, c = in_channels_;
   pad_nhwc(images, batch, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, buf[1], nthreads);
-  const float* src = buf[1];
+  const T* src = buf[1];
   for (size_t i = 0; i < convs_.size(); ++i) {
-    const ConvLayer& l = convs_[i];
+    const ConvLayerT<T>& l = convs_[i];
     const int64_t out_pad = i + 1 < convs_.size() ? convs_[i + 1].pad : 0;
-    PaddedConvArgs args{src, batch, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
+    PaddedConvArgsT<T> args{src, batch, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
                         l.act, buf[cur], out_pad};
     conv2d_padded(args, nthreads);
     hp = (hp - l.kernel) / l.stride + 1 + 2 * out_pad;
@@ -226,7 +241,7 @@ void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t 
       if (a->layer.subsample > 1) cur ^= 1;
     } else {
       const Mlp& m = std::get<Mlp>(layer);
-      const MlpLayer& l = m.layer;
+      const MlpLayerT<T>& l = m.layer;
       mlp_packed(buf[cur], batch * m.in.rows * m.in.cols, l.channels, l.channels, l.w1_packed,
                  l.b1, l.hidden, l.w2_packed, l.b2, buf[cur ^ 1], nthreads);
       cur ^= 1;
@@ -242,5 +257,8 @@ void Program::run_chunk(const float* images, int64_t batch, int64_t sb, int64_t 
   gemm_packed(mean, batch, channels_, channels_, head_, classes_, head_bias_, nullptr, 0, kActNone,
               out, classes_, nthreads);
 }
+
+template class ProgramT<float>;
+template class ProgramT<bf16>;
 
 }  // namespace levit

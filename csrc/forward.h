@@ -9,21 +9,30 @@
 // A Program holds raw pointers to packed weights and biases that the caller keeps alive (the
 // Python FusedPlan owns the tensors). Building one checks that the layers chain (widths, token
 // grid); running it trusts its arguments, like every kernel here.
+//
+// ProgramT<T> runs in one element type T: float (Program), or bf16 (bf16.h), where images,
+// weights, biases and every activation between layers are bf16 (half the workspace and
+// memory traffic), each GEMM and the attention accumulate in float32 and round their outputs
+// to bf16 once (gemm_bf16.h), and the mean over tokens is summed in double.
 #pragma once
 
 #include <cstdint>
 #include <variant>
 #include <vector>
 
+#include "bf16.h"
+
 namespace levit {
 
 // A convolution of the stem (NHWC; the first one reads the images through their strides).
-struct ConvLayer {
-  const float* packed;  // pack_weight of the (cout, kernel·kernel·cin) matrix
-  const float* bias;    // (cout)
+template <class T>
+struct ConvLayerT {
+  const T* packed;  // pack_weight of the (cout, kernel·kernel·cin) matrix (bf16: kernel runs)
+  const T* bias;    // (cout)
   int64_t cin, cout, kernel, stride, pad;
   int act;
 };
+using ConvLayer = ConvLayerT<float>;
 
 // Self-attention with a residual (subsample == 1):
 //   qkv = x·Wqkvᵀ + b, heads side by side, each head's slot of `head_width` channels holding
@@ -34,47 +43,52 @@ struct ConvLayer {
 //   tokens on every subsample-th grid row and column; x = proj(hardswish(attention(...))).
 // The slot layout is the model's (levit_kernels/model/levit.py, qkv_layout): the caller passes
 // it, this file does not assume an order.
-struct AttentionLayer {
+template <class T>
+struct AttentionLayerT {
   int64_t channels, out_channels, heads, dk, dv, subsample;
   int64_t head_width, q_offset, k_offset, v_offset;
   float scale;
-  const float* bias;                       // (heads, nq, nk) contiguous
-  const float* qkv_packed;                 // self: qkv; shrinking: kv
-  const float* qkv_bias;
-  const float* q_packed;                   // shrinking only
-  const float* q_bias;
-  const float* proj_packed;
-  const float* proj_bias;
+  const T* bias;                       // (heads, nq, nk) contiguous
+  const T* qkv_packed;                 // self: qkv; shrinking: kv
+  const T* qkv_bias;
+  const T* q_packed;                   // shrinking only
+  const T* q_bias;
+  const T* proj_packed;
+  const T* proj_bias;
 };
+using AttentionLayer = AttentionLayerT<float>;
 
 // x = x + hardswish(x·W1ᵀ + b1)·W2ᵀ + b2.
-struct MlpLayer {
+template <class T>
+struct MlpLayerT {
   int64_t channels, hidden;
-  const float *w1_packed, *b1, *w2_packed, *b2;
+  const T *w1_packed, *b1, *w2_packed, *b2;
 };
+using MlpLayer = MlpLayerT<float>;
 
-class Program {
+template <class T>
+class ProgramT {
  public:
   // Images (B, in_channels, height, width).
-  Program(int64_t in_channels, int64_t height, int64_t width);
+  ProgramT(int64_t in_channels, int64_t height, int64_t width);
 
   // Layers in forward order: every convolution before the first token layer, the head
   // last. Each throws std::invalid_argument when it does not chain onto the layers before it.
-  void add_conv(const ConvLayer& layer);
-  void add_attention(const AttentionLayer& layer);
-  void add_mlp(const MlpLayer& layer);
+  void add_conv(const ConvLayerT<T>& layer);
+  void add_attention(const AttentionLayerT<T>& layer);
+  void add_mlp(const MlpLayerT<T>& layer);
   // The classifier (packed (classes, in_features) weight and its bias), reading the mean
   // token: in_features must be the last layer's width. Without one the program's output is
   // the mean token.
-  void set_head(const float* packed, const float* bias, int64_t in_features, int64_t classes);
+  void set_head(const T* packed, const T* bias, int64_t in_features, int64_t classes);
 
   // Token grid entering the next layer added (rows, cols) and its width.
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t channels() const { return channels_; }
   int64_t output_features() const { return head_ ? classes_ : channels_; }
-  // Floats of workspace run() needs for this batch size.
-  int64_t workspace_floats(int64_t batch) const;
+  // Elements (of T) of workspace run() needs for this batch size.
+  int64_t workspace_elements(int64_t batch) const;
 
   // out (batch, output_features()) from images (batch, C, H, W) given by element strides.
   // Large batches run in chunks of kChunk images, all through the same workspace: its size
@@ -82,22 +96,22 @@ class Program {
   // page-faulted in afresh every time), and kChunk images already give the stage-3 GEMMs
   // (16 tokens per image) enough rows to reuse each weight panel.
   static constexpr int64_t kChunk = 16;
-  void run(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
-           float* workspace, float* out, int nthreads) const;
+  void run(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
+           T* workspace, T* out, int nthreads) const;
 
  private:
   struct Geometry {  // token grid and width entering a token layer
     int64_t rows, cols, channels;
   };
   struct Attention {
-    AttentionLayer layer;
+    AttentionLayerT<T> layer;
     Geometry in;
   };
   struct Mlp {
-    MlpLayer layer;
+    MlpLayerT<T> layer;
     Geometry in;
   };
-  // Per-image sizes (floats) of the workspace regions: the two activation buffers that
+  // Per-image sizes (elements) of the workspace regions: the two activation buffers that
   // alternate, qkv (or kv), the subsampled tokens plus their q, and the attention output.
   struct Sizes {
     int64_t act = 0, qkv = 0, sub = 0, attn = 0;
@@ -105,20 +119,22 @@ class Program {
 
   void grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn);
   void require_no_head(const char* layer) const;
-  void run_chunk(const float* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
-                 int64_t sw, float* workspace, float* out, int nthreads) const;
-  void run_attention(const Attention& a, int64_t batch, float* x, float* next, float* qkv,
-                     float* sub, float* attn, int nthreads) const;
+  void run_chunk(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
+                 int64_t sw, T* workspace, T* out, int nthreads) const;
+  void run_attention(const Attention& a, int64_t batch, T* x, T* next, T* qkv, T* sub, T* attn,
+                     int nthreads) const;
 
   const int64_t in_channels_, height_, width_;
   int64_t rows_, cols_, channels_;  // what the next layer receives
   bool tokens_started_ = false;
-  std::vector<ConvLayer> convs_;
+  std::vector<ConvLayerT<T>> convs_;
   std::vector<std::variant<Attention, Mlp>> layers_;
-  const float* head_ = nullptr;
-  const float* head_bias_ = nullptr;
+  const T* head_ = nullptr;
+  const T* head_bias_ = nullptr;
   int64_t classes_ = 0;
   Sizes sizes_;
 };
+using Program = ProgramT<float>;
+using ProgramBf16 = ProgramT<bf16>;
 
 }  // namespace levit

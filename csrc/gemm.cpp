@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "gemm_bf16.h"
 #include "thread_pool.h"
 #include "simd.h"
 
@@ -26,7 +27,7 @@ namespace levit {
 namespace {
 
 constexpr int64_t kKc = 256;  // max K block
-constexpr int64_t kNc = 128;  // column block (multiple of every NR)
+constexpr int64_t kNc = kGemmColumnBlock;
 constexpr int64_t kWeightL2 = LEVIT_WEIGHT_L2;  // see gemm_packed
 
 // ---- generic path: plain loops over a 4×16 tile; the compiler vectorises the 16-wide inner
@@ -66,6 +67,7 @@ void generic_block(const GemmBlock& g) {
 
 GemmKernel select_kernel() {
   switch (active_isa()) {
+    case Isa::avx512_bf16:  // float32 runs the AVX-512 kernel there
     case Isa::avx512: return gemm_kernel_avx512();
     case Isa::avx2: return gemm_kernel_avx2();
     default: return gemm_kernel_generic();
@@ -142,9 +144,25 @@ int64_t padded_stride(int64_t cols) {
   return ld % 256 == 0 ? ld + kPanel : ld;
 }
 
-int64_t gemm_row_block() {
-  const int mr = select_kernel().mr;
-  return mr * std::max<int64_t>(1, 96 / mr);  // ~96-112 rows
+const char* float32_path() {
+  switch (active_isa()) {
+    case Isa::avx512_bf16: return "avx512_bf16: AVX-512 FMA (the avx512 float32 kernels)";
+    case Isa::avx512: return "avx512: AVX-512 FMA";
+    case Isa::avx2: return "avx2: AVX2 FMA";
+    default: return "generic: portable C++";
+  }
+}
+
+template <>
+GemmTile gemm_tile<float>() {
+  const GemmKernel kern = select_kernel();
+  return {kern.mr, kern.nr};
+}
+
+void gemm_rows_cols(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
+                    int64_t j0, int64_t n, const float* bias, const float* residual,
+                    int64_t ldr, int act, float* c, int64_t ldc) {
+  gemm_rows(select_kernel(), a, lda, m, k, packed, j0, n, bias, residual, ldr, act, c, ldc);
 }
 
 void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
@@ -195,60 +213,94 @@ void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packe
   });
 }
 
-void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
-                 const float* bias, const float* residual, int64_t ldr, int act, float* out,
-                 int64_t ldo, int nthreads) {
-  const GemmKernel kern = select_kernel();
-  const int64_t mc = gemm_row_block();
+namespace {
+
+// The threaded drivers, for float and bf16 alike: only the block kernels and the element
+// size differ (gemm_rows_cols overloads, gemm_tile<T>).
+template <class T>
+void gemm_packed_t(const T* x, int64_t m, int64_t k, int64_t ldx, const T* packed, int64_t n,
+                   const T* bias, const T* residual, int64_t ldr, int act, T* out, int64_t ldo,
+                   int nthreads) {
+  const GemmTile tile = gemm_tile<T>();
+  const int64_t mc = gemm_row_block<T>();
   const int64_t nbm = (m + mc - 1) / mc;
   // Column blocks of kNc, or narrower (down to one micro-tile) when there would not be a few
   // tasks per thread: a batch-1 stage-3 layer (16 tokens) is a single row block.
   int64_t nc = kNc;
-  while (nthreads > 1 && nc > kern.nr && nbm * ((n + nc - 1) / nc) < 4 * nthreads) nc /= 2;
+  while (nthreads > 1 && nc > tile.nr && nbm * ((n + nc - 1) / nc) < 4 * nthreads) nc /= 2;
   const int64_t nbn = (n + nc - 1) / nc;
   // Task order decides what stays in L2 between consecutive tasks of a thread. When the whole
   // packed W fits comfortably (<= kWeightL2 bytes), column blocks vary fastest: a row block
   // of x (mc × K) is read from memory once and W stays in L2. Otherwise row blocks vary
   // fastest and one K × NC slab of W stays in L2 while x streams past it.
-  const bool w_in_l2 = n * k * 4 <= kWeightL2;
+  const bool w_in_l2 = n * k * static_cast<int64_t>(sizeof(T)) <= kWeightL2;
   parallel_for(nbm * nbn, nthreads, [&](int64_t t) {
     const int64_t ib = w_in_l2 ? t / nbn : t % nbm, jb = w_in_l2 ? t % nbn : t / nbm;
     const int64_t i0 = ib * mc, j0 = jb * nc;
-    gemm_rows(kern, x + i0 * ldx, ldx, std::min(mc, m - i0), k, packed, j0,
-              std::min(nc, n - j0), bias, residual ? residual + i0 * ldr : nullptr, ldr, act,
-              out + i0 * ldo, ldo);
+    gemm_rows_cols(x + i0 * ldx, ldx, std::min(mc, m - i0), k, packed, j0,
+                   std::min(nc, n - j0), bias, residual ? residual + i0 * ldr : nullptr, ldr,
+                   act, out + i0 * ldo, ldo);
   });
 }
 
-void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* w1p,
-                const float* b1, int64_t ch, const float* w2p, const float* b2, float* out,
-                int nthreads) {
-  const GemmKernel kern = select_kernel();
-  // Row block: a few micro-tiles, so the hidden block (mb × ch floats, <= 56×1024×4 = 224 KB)
+template <class T>
+void mlp_packed_t(const T* x, int64_t m, int64_t c, int64_t ldx, const T* w1p, const T* b1,
+                  int64_t ch, const T* w2p, const T* b2, T* out, int nthreads) {
+  const int64_t mr = gemm_tile<T>().mr;
+  // Row block: a few micro-tiles, so the hidden block (mb × ch values, <= 56×1024×4 = 224 KB)
   // stays in L2 between the two GEMMs and W1/W2 strips are reused across its rows.
-  const int64_t mb = kern.mr * std::max<int64_t>(1, 48 / kern.mr);
+  const int64_t mb = mr * std::max<int64_t>(1, 48 / mr);
   const int64_t nbm = (m + mb - 1) / mb;
   // The hidden rows get a padded stride so they never alias in L1 (see aliasing_stride).
+  // In bf16 they are rounded to bf16, as the second GEMM's input of any bf16 model is.
   const int64_t ldh = padded_stride(ch);
   if (nthreads > 1 && nbm < 4 * nthreads) {
     // Too few row blocks to share out evenly (batch 1: 196 tokens make 5 blocks, 49 tokens a
     // full one and a 7-row one): two GEMMs, each split over column blocks, through a hidden
     // buffer of all the rows (small, since m is).
-    thread_local std::vector<float> hidden;
+    thread_local std::vector<T> hidden;
     if (static_cast<int64_t>(hidden.size()) < m * ldh) hidden.resize(m * ldh);
-    gemm_packed(x, m, c, ldx, w1p, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh,
-                nthreads);
-    gemm_packed(hidden.data(), m, ch, ldh, w2p, c, b2, x, ldx, kActNone, out, c, nthreads);
+    gemm_packed_t<T>(x, m, c, ldx, w1p, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh,
+                  nthreads);
+    gemm_packed_t<T>(hidden.data(), m, ch, ldh, w2p, c, b2, x, ldx, kActNone, out, c, nthreads);
     return;
   }
   parallel_for(nbm, nthreads, [&](int64_t ib) {
-    thread_local std::vector<float> hidden;
+    thread_local std::vector<T> hidden;
     if (static_cast<int64_t>(hidden.size()) < mb * ldh) hidden.resize(mb * ldh);
     const int64_t i0 = ib * mb, rows = std::min(mb, m - i0);
-    const float* xb = x + i0 * ldx;
-    gemm_rows(kern, xb, ldx, rows, c, w1p, 0, ch, b1, nullptr, 0, kActHardswish, hidden.data(), ldh);
-    gemm_rows(kern, hidden.data(), ldh, rows, ch, w2p, 0, c, b2, xb, ldx, kActNone, out + i0 * c, c);
+    const T* xb = x + i0 * ldx;
+    gemm_rows_cols(xb, ldx, rows, c, w1p, 0, ch, b1, nullptr, 0, kActHardswish, hidden.data(),
+                   ldh);
+    gemm_rows_cols(hidden.data(), ldh, rows, ch, w2p, 0, c, b2, xb, ldx, kActNone,
+                   out + i0 * c, c);
   });
+}
+
+}  // namespace
+
+void gemm_packed(const float* x, int64_t m, int64_t k, int64_t ldx, const float* packed, int64_t n,
+                 const float* bias, const float* residual, int64_t ldr, int act, float* out,
+                 int64_t ldo, int nthreads) {
+  gemm_packed_t(x, m, k, ldx, packed, n, bias, residual, ldr, act, out, ldo, nthreads);
+}
+
+void gemm_packed(const bf16* x, int64_t m, int64_t k, int64_t ldx, const bf16* packed, int64_t n,
+                 const bf16* bias, const bf16* residual, int64_t ldr, int act, bf16* out,
+                 int64_t ldo, int nthreads) {
+  gemm_packed_t(x, m, k, ldx, packed, n, bias, residual, ldr, act, out, ldo, nthreads);
+}
+
+void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* w1p,
+                const float* b1, int64_t ch, const float* w2p, const float* b2, float* out,
+                int nthreads) {
+  mlp_packed_t(x, m, c, ldx, w1p, b1, ch, w2p, b2, out, nthreads);
+}
+
+void mlp_packed(const bf16* x, int64_t m, int64_t c, int64_t ldx, const bf16* w1p,
+                const bf16* b1, int64_t ch, const bf16* w2p, const bf16* b2, bf16* out,
+                int nthreads) {
+  mlp_packed_t(x, m, c, ldx, w1p, b1, ch, w2p, b2, out, nthreads);
 }
 
 }  // namespace levit

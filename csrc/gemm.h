@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "bf16.h"
+
 namespace levit {
 
 constexpr int64_t kPanel = 16;  // packed panel width
@@ -36,47 +38,73 @@ void mlp_packed(const float* x, int64_t m, int64_t c, int64_t ldx, const float* 
 // out (B, Ho, Wo, cout), NHWC contiguous = act(conv2d(x) + bias) for x (B, H, W, cin) given by
 // any strides (NHWC or NCHW memory alike), a kh×kw kernel, one stride and zero padding on all
 // sides: Ho = (H + 2·pad - kh) / stride + 1. The weight (cout, cin, kh, kw) is packed as the
-// (cout, kh·kw·cin) matrix of its (cout, kh, kw, cin) permutation. An implicit GEMM: each
-// thread gathers the patches of a block of output pixels into a cache-resident buffer and
-// multiplies it by the packed weight (conv.cpp).
-struct ConvArgs {
-  const float* x;
+// (cout, kh·kw·cin) matrix of its (cout, kh, kw, cin) permutation (bf16: in kh runs of kw·cin,
+// gemm_bf16.h). An implicit GEMM: each thread gathers the patches of a block of output pixels
+// into a cache-resident buffer and multiplies it by the packed weight (conv.cpp).
+// T is float or bf16 (bf16.h) for x, the weight, the bias and out alike.
+template <class T>
+struct ConvArgsT {
+  const T* x;
   int64_t batch, h, w, cin;
   int64_t sb, sh, sw, sc;  // strides of x (elements) over batch, row, column, channel
   int64_t kh, kw, stride, pad;
-  const float* packed;
+  const T* packed;
   int64_t cout;
-  const float* bias;  // (cout) or null
+  const T* bias;  // (cout) or null
   int act;
-  float* out;
+  T* out;
 };
-void conv2d_packed(const ConvArgs& args, int nthreads);
+using ConvArgs = ConvArgsT<float>;
+void conv2d_packed(const ConvArgsT<float>& args, int nthreads);
+void conv2d_packed(const ConvArgsT<bf16>& args, int nthreads);
 
 // The stem inside a forward Program (forward.h): the same convolution on NHWC input that is
 // already zero-padded, so no patch is ever gathered. For one output row and kernel row ky, the
 // kw·cin patch values of consecutive output pixels are one contiguous run of the padded input
-// row, `stride`·cin floats apart: a strided matrix the GEMM block kernels read in place, one
+// row, `stride`·cin values apart: a strided matrix the GEMM block kernels read in place, one
 // K segment per kernel row (gemm_rows_segments).
-struct PaddedConvArgs {
-  const float* x;  // (batch, hp, wp, cin) NHWC, contiguous, borders of the conv's padding zero
+template <class T>
+struct PaddedConvArgsT {
+  const T* x;  // (batch, hp, wp, cin) NHWC, contiguous, borders of the conv's padding zero
   int64_t batch, hp, wp, cin, kernel, stride;
-  const float* packed;  // as for conv2d_packed
+  const T* packed;  // as for conv2d_packed
   int64_t cout;
-  const float* bias;  // (cout) or null
+  const T* bias;  // (cout) or null
   int act;
-  float* out;       // (batch, ho + 2·out_pad, wo + 2·out_pad, cout), ho = (hp - kernel)/stride + 1
+  T* out;           // (batch, ho + 2·out_pad, wo + 2·out_pad, cout), ho = (hp - kernel)/stride + 1
   int64_t out_pad;  // a zero border for the next convolution (written here)
 };
-void conv2d_padded(const PaddedConvArgs& args, int nthreads);
+using PaddedConvArgs = PaddedConvArgsT<float>;
+void conv2d_padded(const PaddedConvArgsT<float>& args, int nthreads);
+void conv2d_padded(const PaddedConvArgsT<bf16>& args, int nthreads);
 
 // out (B, h + 2·pad, w + 2·pad, c) contiguous with a zero border = x (B, h, w, c) given by any
 // element strides (NCHW images in place).
-void pad_nhwc(const float* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb,
-              int64_t sh, int64_t sw, int64_t sc, int64_t pad, float* out, int nthreads);
+template <class T>
+void pad_nhwc(const T* x, int64_t batch, int64_t h, int64_t w, int64_t c, int64_t sb, int64_t sh,
+              int64_t sw, int64_t sc, int64_t pad, T* out, int nthreads);
 
-// Building blocks shared by the GEMM drivers (gemm.cpp, conv.cpp).
-int64_t gemm_row_block();              // rows per thread task (a multiple of the tile height)
+// Building blocks shared by the GEMM drivers (gemm.cpp, gemm_bf16.cpp, conv.cpp), for
+// T = float and T = bf16 (gemm_bf16.h has the bf16 overloads).
+struct GemmTile {
+  int mr, nr;  // the active path's micro-tile
+};
+template <class T>
+GemmTile gemm_tile();
+constexpr int64_t kGemmColumnBlock = 128;  // columns of one task (a multiple of every nr)
+template <class T>
+int64_t gemm_row_block() {  // rows per thread task (a multiple of the tile height), ~96-112
+  const int64_t mr = gemm_tile<T>().mr;
+  return mr * (96 / mr > 1 ? 96 / mr : 1);
+}
 int64_t padded_stride(int64_t cols);   // a scratch row stride >= cols that never aliases in L1
+// "<isa>: <what runs>" of the active float32 path (levit_kernels.info(); bf16: bf16_path()).
+const char* float32_path();
+// C[0:m, j0:j0+n] = act(A·W + bias) + residual for one block of rows, single-threaded (c,
+// bias and residual point at column 0).
+void gemm_rows_cols(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
+                    int64_t j0, int64_t n, const float* bias, const float* residual,
+                    int64_t ldr, int act, float* c, int64_t ldc);
 // C[0:m, 0:n] = act(A·W + bias) for one block of rows, single-threaded.
 void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
                    int64_t n, const float* bias, int act, float* c, int64_t ldc);

@@ -5,6 +5,12 @@
 // here lives in an anonymous namespace: every .cpp that includes this file gets its own copy,
 // so the linker can never merge an AVX-512 instantiation into code that runs on an AVX2 CPU.
 //
+// bf16 (bf16.h): load_bf16 widens W values to float32 (exact), store_bf16 rounds W floats to
+// bf16 (nearest-even, NaN kept NaN: the rule of bf16.h, in integer ops so every ISA path
+// rounds alike); the `n` variants touch only the first n elements. even()/odd() split W
+// pairs of a pair-interleaved bf16 panel row (2·W values, [w0 w1] per lane) into the float32
+// values of the even and the odd element: even = lane << 16, odd = lane & 0xFFFF0000.
+//
 // exp<V>(): Cephes-style expf. Split x = n·ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is
 // exact), e^r by a degree-7 polynomial (1 + r + r²·p(r), p of degree 5), 2^n built in the exponent
 // bits. Error ~1 ulp over the range.
@@ -13,6 +19,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
+
+#include "bf16.h"
 
 namespace levit {
 namespace {
@@ -69,6 +78,29 @@ struct Avx512 {
   static vec zero_below(vec v, vec x, vec lo) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), v);
   }
+  using ivec = __m512i;
+  static vec load_bf16(const bf16* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static vec load_bf16(const bf16* p, int64_t n) { return widen(_mm256_maskz_loadu_epi16(tail(n), p)); }
+  static void store_bf16(bf16* p, vec x) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(x));
+  }
+  static void store_bf16(bf16* p, vec x, int64_t n) { _mm256_mask_storeu_epi16(p, tail(n), narrow(x)); }
+  static ivec load_pairs(const bf16* p) { return _mm512_loadu_si512(p); }
+  static vec even(ivec raw) { return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16)); }
+  static vec odd(ivec raw) {
+    return _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(int(0xFFFF0000u))));
+  }
+  static vec widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static __m256i narrow(vec x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb);
+    r = _mm512_srli_epi32(r, 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_cvtepi32_epi16(r);
+  }
 };
 #endif
 
@@ -116,6 +148,41 @@ struct Avx2 {
   static vec zero_below(vec v, vec x, vec lo) {
     return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), v);
   }
+  using ivec = __m256i;
+  static vec load_bf16(const bf16* p) {
+    return widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  // No 16-bit masked loads/stores in AVX2: partial vectors go through a stack copy.
+  static vec load_bf16(const bf16* p, int64_t n) {
+    alignas(16) uint16_t tmp[W] = {};
+    std::memcpy(tmp, p, static_cast<size_t>(clamp_n(n)) * 2);
+    return widen(_mm_load_si128(reinterpret_cast<const __m128i*>(tmp)));
+  }
+  static void store_bf16(bf16* p, vec x) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(x));
+  }
+  static void store_bf16(bf16* p, vec x, int64_t n) {
+    alignas(16) uint16_t tmp[W];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp), narrow(x));
+    std::memcpy(p, tmp, static_cast<size_t>(clamp_n(n)) * 2);
+  }
+  static ivec load_pairs(const bf16* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static vec even(ivec raw) { return _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16)); }
+  static vec odd(ivec raw) {
+    return _mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(int(0xFFFF0000u))));
+  }
+  static int64_t clamp_n(int64_t n) { return n >= W ? W : n <= 0 ? 0 : n; }
+  static vec widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+  static __m128i narrow(vec x) {
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+    r = _mm256_srli_epi32(r, 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+    // packus works per 128-bit lane: (r0..r3 r0..r3 | r4..r7 r4..r7); gather qwords 0 and 2.
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8));
+  }
 };
 #endif
 
@@ -149,6 +216,24 @@ inline typename V::vec hardswish(typename V::vec x) {
   const auto t = V::min(V::max(V::add(x, V::set1(3.0f)), V::zero()), V::set1(6.0f));
   return V::mul(V::mul(x, t), V::set1(1.0f / 6.0f));
 }
+
+// Element-type-generic loads and stores for kernels templated on float or bf16 storage.
+template <class V>
+inline typename V::vec load_as_float(const float* p) { return V::load(p); }
+template <class V>
+inline typename V::vec load_as_float(const bf16* p) { return V::load_bf16(p); }
+template <class V>
+inline typename V::vec load_as_float(const float* p, int64_t n) { return V::load(p, V::tail(n)); }
+template <class V>
+inline typename V::vec load_as_float(const bf16* p, int64_t n) { return V::load_bf16(p, n); }
+template <class V>
+inline void store_from_float(float* p, typename V::vec x) { V::store(p, x); }
+template <class V>
+inline void store_from_float(bf16* p, typename V::vec x) { V::store_bf16(p, x); }
+template <class V>
+inline void store_from_float(float* p, typename V::vec x, int64_t n) { V::store(p, x, V::tail(n)); }
+template <class V>
+inline void store_from_float(bf16* p, typename V::vec x, int64_t n) { V::store_bf16(p, x, n); }
 
 inline float hardswish_scalar(float x) {
   const float t = x + 3.0f;

@@ -130,6 +130,20 @@ def isa(request):
         yield request.param
 
 
+# Every path the package has, for tests that must say which ones this machine cannot run:
+# a path the CPU lacks is skipped with the reason, never silently left out.
+ALL_ISAS = ("generic", "avx2", "avx512", "avx512_bf16")
+
+
+@pytest.fixture(params=ALL_ISAS)
+def every_isa(request):
+    if request.param not in CPU_ISAS:
+        pytest.skip(f"this CPU (or OS) lacks the {request.param} path (CPUID/XGETBV; paths "
+                    f"here: {', '.join(CPU_ISAS) or 'none, extension not built'})")
+    with using_isa(request.param):
+        yield request.param
+
+
 @pytest.fixture(params=[1, 2], ids=["t1", "t2"])
 def threads(request):
     with using_threads(request.param):
@@ -237,3 +251,13 @@ def assert_usage_error(argv, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err and message in err[-1], err
     assert "error:" in err[-1] and err[-1].startswith("levit-kernels")
+
+
+# ---- bf16 inputs shared by tests/test_bf16_*.py ---------------------------------------------
+def randn_bf16(*shape, scale=1.0):
+    return (torch.randn(*shape) * scale).to(torch.bfloat16)
+
+
+def qkv_bf16(*sizes):
+    """qkv_views in bfloat16."""
+    return qkv_views(*sizes, dtype=torch.bfloat16)

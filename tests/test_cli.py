@@ -38,6 +38,21 @@ def test_bench_small(tmp_path, capsys):
     assert f"| {ratio:.2f}× | - |" in row, row       # no peers in this run
 
 
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_bench_bfloat16_reports_accuracy(tmp_path, capsys):
+    """`bench --dtype bfloat16` on CPU: the fused bf16 model beside the plain one in bf16,
+    each with its logit error against float64 and top-1 agreement with float32."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--variant", "128S", "--batch", "1", "--threads", "1", "--dtype",
+                 "bfloat16", "--img-size", "128", "--seconds", "0.1", "--json", str(out)]) == 0
+    assert "rel L2 vs f64" in capsys.readouterr().out
+    results = {r["provider"]: r for r in json.loads(out.read_text())["results"]}
+    fused, plain = results["fused"], results["reference"]
+    assert fused["images_per_s"] > 0
+    assert 0 < fused["rel_l2_vs_float64"] <= 1.5 * plain["rel_l2_vs_float64"]
+    assert 0 <= fused["top1_vs_float32"] <= 1
+
+
 def test_summary_lists_every_variant(capsys):
     assert main(["summary"]) == 0
     text = capsys.readouterr().out
@@ -78,7 +93,7 @@ def test_biases_png(tmp_path):
     (["bench", "--variant", "LeViT-999"], "unknown LeViT variant"),
     (["bench", "--batch", "0"], "positive integer"),
     (["bench", "--frobnicate"], "unrecognized arguments"),
-    (["bench", "--dtype", "float16"], "float32 only"),
+    (["bench", "--dtype", "float16"], "float32 and bfloat16 only"),
     (["biases", "--checkpoint", "/nonexistent/w.pth"], "no such file"),
     (["nonsense"], "invalid choice"),
 ])

@@ -295,9 +295,12 @@ def _module_name(model: LeViT, module) -> str:
 
 
 def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
-    """The model's dtype, or autocast's on CUDA (the ops take one dtype for all inputs)."""
-    if images.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
+    """The model's dtype, or autocast's for the images' device (the ops take one dtype for all
+    inputs): a float32 model under torch.autocast("cpu", dtype=torch.bfloat16) runs the bf16
+    kernels, and returns bf16 logits, as the plain model's last Linear does under autocast."""
+    device = images.device.type
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
     return next(model.parameters()).dtype
 
 

@@ -286,7 +286,7 @@ class FusedPlan:
 
     def _cpu_program(self, in_channels: int, img_size) -> cpu.ForwardProgram:
         """These layers as one cpu.ForwardProgram (what PROGRAM runs)."""
-        program = cpu.ForwardProgram(in_channels, *img_size)
+        program = cpu.ForwardProgram(in_channels, *img_size, dtype=self.dtype)
         for i, conv in enumerate(self.stem):
             program.add_conv(conv.cpu, "hardswish" if i < len(self.stem) - 1 else "none")
         for layer in self.layers:

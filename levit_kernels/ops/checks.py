@@ -12,10 +12,10 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .extension import PANEL, unavailable_reason
+from .extension import PANEL, packed_shape, unavailable_reason
 from .reference import ACTIVATIONS
 
-CPU_DTYPES = (torch.float32,)
+CPU_DTYPES = (torch.float32, torch.bfloat16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # What the registered ops take on each device type: {device type: dtypes}. Meta tensors
 # (shape-only calls of the fake implementations) may have any dtype a real device takes.
@@ -144,17 +144,22 @@ def check_attention(q, k, v, bias, *, probs: bool = False, scale=None,
     return batch, heads, n_q, n_k, d_k, d_v
 
 
-def check_packed(packed, name: str, out_features, in_features: int) -> None:
-    """A weight from levit_kernels.cpu.pack_weight: (ceil(N/PANEL), K, PANEL) contiguous."""
+def check_packed(packed, name: str, out_features, in_features: int, segments: int = 1) -> None:
+    """A weight from levit_kernels.cpu.pack_weight, contiguous: (ceil(N/PANEL), K, PANEL) in
+    float32, (ceil(N/PANEL), K pairs, PANEL, 2) in bfloat16 (K in `segments` runs: a conv's
+    kernel rows)."""
     if PANEL is None:    # packed weights come from the extension, and so does their layout
         raise RuntimeError(unavailable_reason())
-    check_tensor(packed, name, ndim=3)
+    check_tensor(packed, name, min_ndim=3)
     # SymInt: under torch.compile(dynamic=True) the sizes taken from b1/b2 are symbolic.
     if (isinstance(out_features, bool) or not isinstance(out_features, (int, torch.SymInt))
             or out_features < 1):
         _fail(ValueError, "out_features" if name == "packed_weight" else name,
               f"expected a positive int for the number of output features, got {out_features!r}")
-    expected = (-(-out_features // PANEL), in_features, PANEL)
+    if packed.dtype not in CPU_DTYPES:
+        _fail(TypeError, name, f"expected dtype in {[str(d) for d in CPU_DTYPES]} (what "
+                               f"pack_weight packs), got {packed.dtype}")
+    expected = packed_shape(out_features, in_features, packed.dtype, segments)
     if tuple(packed.shape) != expected:
         _fail(ValueError, name, f"expected shape {expected} (a ({out_features}, {in_features}) "
                                 f"weight packed by levit_kernels.cpu.pack_weight), got "
@@ -281,7 +286,7 @@ def check_conv2d_packed(x, packed, out_channels, kernel_size, stride, padding, b
     if ho < 1 or wo < 1:
         _fail(ValueError, "x", f"NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel "
                                f"with padding {padding}")
-    check_packed(packed, "packed", out_channels, kh * kw * cin)
+    check_packed(packed, "packed", out_channels, kh * kw * cin, segments=kh)
     check_bias(bias, out_channels)
     check_same([("x", x), ("packed", packed), ("bias", bias)], allowed, devices)
     check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")

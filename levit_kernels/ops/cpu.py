@@ -18,6 +18,12 @@ Pre-packed weights: LeViT's weights are constants at inference, so `pack_weight`
 (N, K) weight once into (ceil(N/PANEL), K, PANEL) zero-padded column panels (the layout does
 not depend on the ISA path, so a packed weight stays valid after `set_isa`), and
 `linear_packed`/`mlp_packed` use it directly. `linear`/`mlp` pack on every call.
+
+Dtypes: float32 and bfloat16, one per call (a mixed call is a TypeError naming the odd
+argument). bf16 runs the bf16 kernels (csrc/gemm_bf16.h): products accumulated in float32,
+epilogues and the softmax in float32, each output rounded to bf16 once; a bf16 weight is
+packed in the pairs AVX512_BF16's vdpbf16ps reads, (ceil(N/PANEL), K pairs, PANEL, 2), on
+every ISA path (`bf16_path()` says what runs).
 """
 from __future__ import annotations
 
@@ -27,13 +33,15 @@ from typing import List, Mapping, Optional
 import torch
 
 from . import checks, reference
-from .extension import ACTIVATION_CODES, PANEL, is_available, lib as _lib, unavailable_reason
+from .extension import (ACTIVATION_CODES, KERNEL_DTYPES, PANEL, is_available, lib as _lib,
+                        packed_shape, unavailable_reason)
 
 __all__ = [
     "attention", "attention_probs", "linear", "mlp", "pack_weight", "linear_packed", "mlp_packed",
     "pack_conv_weight", "conv2d_packed", "PackedLinear", "PackedMlp", "PackedConv",
     "ForwardProgram", "PANEL",
-    "is_available", "unavailable_reason", "isa", "set_isa", "available_isas",
+    "is_available", "unavailable_reason", "isa", "set_isa", "available_isas", "isa_note",
+    "float32_path", "bf16_path",
 ]
 
 # What these launchers take (checks.check_same): CPU tensors of the CPU dtypes.
@@ -43,8 +51,25 @@ ON_CPU = "a CPU tensor"
 
 # ---------------------------------------------------------------- ISA switch
 def isa() -> str:
-    """The active CPU path: 'avx512', 'avx2' or 'generic'."""
+    """The active CPU path: 'avx512_bf16', 'avx512', 'avx2' or 'generic'."""
     return _lib().isa()
+
+
+def isa_note() -> str:
+    """Why the active path is what it is (the CPU's best, LEVIT_CPU_ISA, or set_isa), and why
+    LEVIT_CPU_ISA was ignored when it was."""
+    return _lib().isa_note()
+
+
+def float32_path() -> str:
+    """What the float32 kernels run on the active path, e.g. 'avx2: AVX2 FMA'."""
+    return _lib().float32_path()
+
+
+def bf16_path() -> str:
+    """What the bfloat16 kernels run on the active path, e.g. 'avx2: bf16 widened to float32,
+    AVX2 FMA ...' or 'avx512_bf16: vdpbf16ps ...'."""
+    return _lib().bf16_path()
 
 
 def available_isas() -> List[str]:
@@ -61,6 +86,11 @@ def set_isa(name: str) -> None:
 def _act(activation) -> int:
     checks.check_activation(activation)
     return ACTIVATION_CODES[activation]
+
+
+def _dtype(t: torch.Tensor) -> str:
+    """The binding's name of a (checked) tensor's dtype."""
+    return KERNEL_DTYPES[t.dtype]
 
 
 def _address(t: Optional[torch.Tensor]) -> int:
@@ -102,7 +132,8 @@ def _attention(q, k, v, bias, scale, hardswish: bool, probs: bool) -> torch.Tens
                      bias=bias.data_ptr(), out=out.data_ptr(), batch=batch, heads=heads, nq=n_q,
                      nk=n_k, dk=d_k, dv=d_v, q_strides=q.stride()[:3], k_strides=k.stride()[:3],
                      v_strides=(0, 0, 0) if probs else v.stride()[:3], scale=scale,
-                     hardswish=bool(hardswish), probs=probs, nthreads=_threads())
+                     hardswish=bool(hardswish), probs=probs, nthreads=_threads(),
+                     dtype=_dtype(q))
     return out
 
 
@@ -123,18 +154,20 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
 
 
 # ---------------------------------------------------------------- linear / mlp
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Pack a (N, K) weight into (ceil(N/PANEL), K, PANEL) zero-padded panels (the same for
-    every ISA path)."""
+def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
+    """Pack a (N, K) weight into zero-padded column panels, the same for every ISA path:
+    float32 (ceil(N/PANEL), K, PANEL); bfloat16 (ceil(N/PANEL), K pairs, PANEL, 2), K taken
+    as `segments` runs each padded to pairs (1 for a linear layer; a conv's kernel rows)."""
     _cpu_tensor(weight, "weight", ndim=2, unit_last_stride=False)
     n, k = weight.shape
     if n < 1 or k < 1:
         raise ValueError(f"weight: expected both dimensions >= 1, got shape {tuple(weight.shape)}")
     if weight.stride(1) != 1 and k > 1:
         weight = weight.contiguous()
-    packed = weight.new_empty(((n + PANEL - 1) // PANEL, k, PANEL))
+    packed = weight.new_empty(packed_shape(n, k, weight.dtype, segments))
     _lib().pack_weight(w=weight.data_ptr(), n=n, k=k, ldw=weight.stride(0),
-                       packed=packed.data_ptr(), nthreads=_threads())
+                       packed=packed.data_ptr(), nthreads=_threads(), dtype=_dtype(weight),
+                       segments=segments)
     return packed
 
 
@@ -146,7 +179,7 @@ def _gemm(x, packed, n: int, bias, residual, act: int) -> torch.Tensor:
     if m:
         _lib().gemm_packed(x=x.data_ptr(), m=m, k=k, ldx=k, packed=packed.data_ptr(), n=n,
                            bias=_address(bias), residual=_address(residual), ldr=n, act=act,
-                           out=out.data_ptr(), ldo=n, nthreads=_threads())
+                           out=out.data_ptr(), ldo=n, nthreads=_threads(), dtype=_dtype(x))
     return out
 
 
@@ -182,7 +215,7 @@ def _mlp(x, w1_packed, b1, w2_packed, b2) -> torch.Tensor:
         _lib().mlp_packed(x=x.data_ptr(), m=m, c=channels, ldx=channels,
                           w1p=w1_packed.data_ptr(), b1=b1.data_ptr(), ch=hidden,
                           w2p=w2_packed.data_ptr(), b2=b2.data_ptr(), out=out.data_ptr(),
-                          nthreads=_threads())
+                          nthreads=_threads(), dtype=_dtype(x))
     return out
 
 
@@ -210,9 +243,11 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
 # ---------------------------------------------------------------- conv (the stem)
 def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Pack a conv weight (Cout, Cin, kh, kw) for `conv2d_packed`: the (Cout, kh·kw·Cin)
-    matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight."""
+    matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight (in bfloat16
+    as kh runs of kw·Cin, the patch rows the kernel reads)."""
     _cpu_tensor(weight, "weight", ndim=4, unit_last_stride=False)
-    return pack_weight(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1))
+    return pack_weight(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1),
+                       segments=weight.shape[2])
 
 
 def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kernel_size,
@@ -234,8 +269,8 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
                          nhwc_strides=x.stride(), kernel_h=kh, kernel_w=kw, stride=stride,
                          pad=padding, packed=packed.data_ptr(), cout=out_channels,
                          bias=_address(None if bias is None else bias.contiguous()),
-                         act=ACTIVATION_CODES[activation],
-                         out=out.data_ptr(), nthreads=_threads())
+                         act=ACTIVATION_CODES[activation], out=out.data_ptr(),
+                         nthreads=_threads(), dtype=_dtype(x))
     return out
 
 
@@ -243,10 +278,11 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
 # The fused model calls a kernel ~50 times per forward with constant weights, and checking
 # those weights on every call is a visible part of a batch-1 forward. These hold a weight
 # packed and checked once, and take a fast path for activations that are already contiguous
-# float32 CPU tensors of the right width; anything else goes through the full checks.
-def _ready(x, features: int) -> bool:
-    """x is a contiguous float32 CPU tensor (..., features): nothing to check or copy."""
-    return (type(x) is torch.Tensor and x.dtype is torch.float32 and x.is_cpu and x.dim() > 0
+# CPU tensors of the weight's dtype and the right width; anything else goes through the full
+# checks.
+def _ready(x, features: int, dtype: torch.dtype) -> bool:
+    """x is a contiguous CPU tensor (..., features) of `dtype`: nothing to check or copy."""
+    return (type(x) is torch.Tensor and x.dtype is dtype and x.is_cpu and x.dim() > 0
             and x.shape[-1] == features and x.is_contiguous())
 
 
@@ -264,9 +300,9 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                  activation: str = "none") -> torch.Tensor:
-        n = self.out_features
-        if (_ready(x, self.in_features) and activation in ACTIVATION_CODES
-                and (residual is None or (_ready(residual, n)
+        n, dtype = self.out_features, self.packed.dtype
+        if (_ready(x, self.in_features, dtype) and activation in ACTIVATION_CODES
+                and (residual is None or (_ready(residual, n, dtype)
                                           and residual.shape[:-1] == x.shape[:-1]))):
             return _gemm(x, self.packed, n, self.bias, residual, ACTIVATION_CODES[activation])
         return linear_packed(x, self.packed, n, self.bias, residual, activation)
@@ -283,7 +319,7 @@ class PackedMlp:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
-        if not _ready(x, self.channels):
+        if not _ready(x, self.channels, fc1.packed.dtype):
             return mlp_packed(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
         return _mlp(x, fc1.packed, fc1.bias, fc2.packed, fc2.bias)
 
@@ -301,6 +337,7 @@ class PackedConv:
         self.kernel_size, self.stride, self.padding = kh, stride, padding
         self.packed = pack_conv_weight(weight)
         checks.check_bias(bias, self.out_channels)
+        checks.check_same([("weight", weight), ("bias", bias)])
         self.bias = None if bias is None else bias.contiguous()
 
     def __call__(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
@@ -316,23 +353,37 @@ class ForwardProgram:
 
     Built from prepared layers (PackedConv, PackedLinear, PackedMlp: weights already packed
     and checked) in forward order; each `add_*` checks that the layer fits the ones before it.
-    The program holds the layers, so the weights it points at live as long as it does."""
+    The program holds the layers, so the weights it points at live as long as it does.
 
-    def __init__(self, in_channels: int, height: int, width: int):
-        self._program = _lib().Program(in_channels=in_channels, height=height, width=width)
+    `dtype` is the program's one element type (float32 or bfloat16) for images, weights, the
+    activations between layers (bf16 halves the workspace) and the output."""
+
+    def __init__(self, in_channels: int, height: int, width: int,
+                 dtype: torch.dtype = torch.float32):
+        if dtype not in KERNEL_DTYPES:
+            raise TypeError(f"dtype: expected one of {[str(d) for d in KERNEL_DTYPES]}, got "
+                            f"{dtype}")
+        cls = _lib().Program if dtype == torch.float32 else _lib().ProgramBf16
+        self._program = cls(in_channels=in_channels, height=height, width=width)
+        self.dtype = dtype
         self.in_channels, self.height, self.width = in_channels, height, width
         self._layers: list = []   # keeps every tensor the program has an address of alive
         # The workspace is kept between calls: allocated afresh, its tens of MB come back from
         # the OS as new pages and every forward pays their page faults.
         # A call that finds it in use (another Python thread) allocates its own.
-        self._workspace = torch.empty(0, dtype=torch.float32)
+        self._workspace = torch.empty(0, dtype=dtype)
         self._workspace_lock = threading.Lock()
 
     @property
     def output_features(self) -> int:
         return self._program.output_features
 
+    def _check_dtype(self, name: str, t: torch.Tensor) -> None:
+        if t.dtype != self.dtype:
+            raise TypeError(f"{name}: expected dtype {self.dtype} (the program's), got {t.dtype}")
+
     def add_conv(self, conv: PackedConv, activation: str) -> None:
+        self._check_dtype("conv", conv.packed)
         self._program.add_conv(packed=conv.packed.data_ptr(), bias=_address(conv.bias),
                                cin=conv.in_channels, cout=conv.out_channels,
                                kernel=conv.kernel_size, stride=conv.stride, pad=conv.padding,
@@ -349,6 +400,9 @@ class ForwardProgram:
         where q, k and v (self-attention) or k and v (shrinking: qkv is the kv projection, q
         its own) start inside a slot, as the model lays its projection out."""
         p, shrinking = self._program, subsample > 1
+        for name, layer in (("qkv", qkv), ("proj", proj), ("q", q)):
+            if layer is not None:
+                self._check_dtype(name, layer.packed)
         rows, cols, channels = p.rows, p.cols, p.channels
         n_k = rows * cols
         n_q = ((rows - 1) // subsample + 1) * ((cols - 1) // subsample + 1)
@@ -368,6 +422,7 @@ class ForwardProgram:
             if got != want:
                 raise ValueError(f"{name}: expected {want} features here, got {got}")
         _cpu_tensor(bias, "bias", ndim=3)
+        self._check_dtype("bias", bias)
         if tuple(bias.shape) != (heads, n_q, n_k):
             raise ValueError(f"bias: expected shape (H={heads}, Nq={n_q}, Nk={n_k}) for the "
                              f"{rows}x{cols} token grid, got {tuple(bias.shape)}")
@@ -384,6 +439,7 @@ class ForwardProgram:
 
     def add_mlp(self, mlp: PackedMlp) -> None:
         fc1, fc2 = mlp.fc1, mlp.fc2
+        self._check_dtype("mlp", fc1.packed)
         self._program.add_mlp(channels=mlp.channels, hidden=fc1.out_features,
                               w1_packed=fc1.packed.data_ptr(), b1=fc1.bias.data_ptr(),
                               w2_packed=fc2.packed.data_ptr(), b2=fc2.bias.data_ptr())
@@ -391,28 +447,31 @@ class ForwardProgram:
 
     def set_head(self, head: PackedLinear) -> None:
         """The classifier, on the mean token: the last layer (the program checks both)."""
+        self._check_dtype("head", head.packed)
         self._program.set_head(packed=head.packed.data_ptr(), bias=_address(head.bias),
                                in_features=head.in_features, classes=head.out_features)
         self._layers.append(head)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float32 CPU images of any strides -> (B, output_features)."""
+        """(B, C, H, W) CPU images of the program's dtype, any strides -> (B, output_features)
+        of that dtype."""
         _cpu_tensor(images, "images", ndim=4, unit_last_stride=False)
+        self._check_dtype("images", images)
         expected = (self.in_channels, self.height, self.width)
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"images: expected shape (B, {', '.join(map(str, expected))}), "
                              f"got {tuple(images.shape)}")
         batch = images.shape[0]
-        out = torch.empty((batch, self.output_features), dtype=torch.float32)
+        out = torch.empty((batch, self.output_features), dtype=self.dtype)
         if batch == 0:
             return out
-        floats = self._program.workspace_floats(batch=batch)   # bounded: batches run in chunks
+        size = self._program.workspace_elements(batch=batch)  # bounded: batches run in chunks
         if not self._workspace_lock.acquire(blocking=False):
-            self._run(images, torch.empty(floats, dtype=torch.float32), out)
+            self._run(images, torch.empty(size, dtype=self.dtype), out)
             return out
         try:
-            if self._workspace.numel() < floats:
-                self._workspace = torch.empty(floats, dtype=torch.float32)
+            if self._workspace.numel() < size:
+                self._workspace = torch.empty(size, dtype=self.dtype)
             self._run(images, self._workspace, out)
         finally:
             self._workspace_lock.release()

@@ -8,10 +8,19 @@ images/s (from the median call), speed-up over the reference, and the largest lo
 from the reference. Interleaving matters on shared machines: on the 2-core VM these numbers
 were taken on, speed drifts by 10-20% over seconds, and back-to-back blocks of one provider
 each would put that drift into the ratios.
+
+Accuracy beside speed (CPU runs): every provider's logits on the benchmark images against
+the plain model in float64 on the same weights and images (relative L2 error), and the
+fraction of images whose top-1 class is the float32 plain model's. bfloat16 runs
+(`--dtype bfloat16`, or `--amp` for a float32 model under autocast) with `--compare` time the
+peers a user would pick for bf16 on CPU: OpenVINO at its default precision (bf16 on CPUs with
+native bf16) and pinned to bf16, and timm's LeViT (our plain one without timm) under
+torch.autocast("cpu", torch.bfloat16).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import sys
 import time
@@ -33,7 +42,10 @@ class Result:
     iterations: int
     speedup: float = float("nan")
     max_abs_diff: float = float("nan")
+    rel_l2_vs_float64: float = float("nan")    # ||logits - float64 logits|| / ||float64 logits||
+    top1_vs_float32: float = float("nan")      # fraction of images with float32's top-1
     error: str = ""
+    note: str = ""
 
 
 def _sync(device: torch.device):
@@ -109,16 +121,38 @@ def onnxruntime_provider(model, images, threads: int, workdir: str):
     return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
-def openvino_provider(model, images, threads: int):
+def openvino_provider(model, images, threads: int, precision: Optional[str] = "f32"):
+    """OpenVINO on a float32 model (float32 images in): `precision` is its
+    INFERENCE_PRECISION_HINT ("f32", "bf16"), None for its default (bf16 on CPUs with native
+    bf16, Sapphire Rapids and Zen 4 on). The precision it runs is in `.precision`."""
     import openvino as ov
-    ov_model = ov.convert_model(model, example_input=images)
-    # Sapphire Rapids and newer default to bf16 inference: pin f32 so every provider computes
-    # in the same precision.
-    compiled = ov.Core().compile_model(ov_model, "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-        "PERFORMANCE_HINT": "LATENCY"})
+    ov_model = ov.convert_model(model, example_input=images.float())
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
     request = compiled.create_infer_request()
-    return lambda x: torch.from_numpy(request.infer([x.numpy()])[compiled.output(0)].copy())
+
+    def call(x):
+        return torch.from_numpy(request.infer([x.float().numpy()])[compiled.output(0)].copy())
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")     # an ov.Type: "f32", "bf16"
+    call.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    return call
+
+
+def timm_model(model):
+    """timm's LeViT with `model`'s weights (timm's parameter names are ours), or None."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    name = {"LeViT-128S": "levit_128s", "LeViT-128": "levit_128", "LeViT-192": "levit_192",
+            "LeViT-256": "levit_256", "LeViT-384": "levit_384"}.get(model.config.name)
+    if name is None or model.num_classes != 1000:
+        return None
+    peer = timm.create_model(name, img_size=model.img_size, pretrained=False)
+    peer.load_state_dict(model.state_dict())
+    return peer.eval()
 
 
 def export_onnx(model, images, workdir: str) -> str:
@@ -133,9 +167,11 @@ def export_onnx(model, images, workdir: str) -> str:
 def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, device="cpu",
                   dtype="float32", amp: bool = False, compare: bool = False,
                   compile_models: bool = False, seconds: float = 3.0, img_size=224,
-                  progress=sys.stderr) -> Dict:
-    """Time every provider; returns {"config": ..., "results": [Result, ...]}."""
+                  progress=None) -> Dict:
+    """Time every provider; returns {"config": ..., "results": [Result, ...]}. Progress lines
+    go to `progress` (default: sys.stderr as it is at the call, not at import)."""
     import tempfile
+    progress = progress or sys.stderr
     if threads is not None:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
@@ -144,6 +180,9 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
     amp_dtype = dtype_t if amp else None
     model_dtype = torch.float32 if amp else dtype_t
     reference, fused, images = make_models(variant, device, model_dtype, batch, img_size)
+    # The same weights in float32 (make_models is seeded): the peers' input model, and the
+    # yardsticks of the accuracy columns.
+    base, _, _ = make_models(variant, "cpu", torch.float32, batch, img_size)
 
     providers: Dict[str, Callable[[], Callable]] = {
         "reference": lambda: torch_provider(reference, device_t, amp_dtype),
@@ -155,10 +194,20 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         providers["fused+compile"] = lambda: torch_provider(fused, device_t, amp_dtype,
                                                             "default", fullgraph=True)
     workdir = tempfile.mkdtemp(prefix="levit_bench_")
-    if compare and device_t.type == "cpu" and model_dtype == torch.float32:
+    bf16 = dtype_t == torch.bfloat16
+    if compare and device_t.type == "cpu" and not bf16 and model_dtype == torch.float32:
         providers["onnxruntime"] = lambda: onnxruntime_provider(reference, images, threads,
                                                                 workdir)
         providers["openvino"] = lambda: openvino_provider(reference, images, threads)
+    if compare and device_t.type == "cpu" and bf16:
+        providers["openvino (default precision)"] = lambda: openvino_provider(base, images,
+                                                                              threads, None)
+        providers["openvino bf16"] = lambda: openvino_provider(base, images, threads, "bf16")
+        peer = timm_model(base)
+        name = "timm+autocast" if peer is not None else "reference+autocast"
+        providers[name] = lambda: torch_provider(peer if peer is not None else base, device_t,
+                                                 torch.bfloat16)
+    accuracy = accuracy_yardsticks(base, images) if device_t.type == "cpu" else None
 
     results: List[Result] = []
     callables: Dict[str, Callable] = {}
@@ -182,8 +231,12 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         if expected is None:
             expected = out
         callables[name] = fn
-        results.append(Result(name, float("nan"), float("nan"), 0,
-                              max_abs_diff=(out - expected).abs().max().item()))
+        result = Result(name, float("nan"), float("nan"), 0,
+                        max_abs_diff=(out - expected).abs().max().item(),
+                        note=f"runs {fn.precision}" if hasattr(fn, "precision") else "")
+        if accuracy is not None:
+            result.rel_l2_vs_float64, result.top1_vs_float32 = accuracy(out)
+        results.append(result)
     times: Dict[str, List[float]] = {name: [] for name in callables}
     for r in range(ROUNDS):
         print(f"timing round {r + 1}/{ROUNDS}: {', '.join(callables)} in turn, "
@@ -204,18 +257,35 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
     return {"config": config, "results": [asdict(r) for r in results]}
 
 
+def accuracy_yardsticks(base, images):
+    """A function logits -> (relative L2 error vs the float64 plain model, top-1 agreement
+    with the float32 plain model), both run once here on the benchmark's images."""
+    with torch.no_grad():
+        exact = copy.deepcopy(base).double()(images.double().cpu())
+        top1 = base(images.float().cpu()).argmax(-1)
+
+    def accuracy(out):
+        out = out.double().cpu()
+        return (((out - exact).norm() / exact.norm()).item(),
+                (out.argmax(-1) == top1).double().mean().item())
+    return accuracy
+
+
 def format_table(report: Dict) -> str:
     cfg = report["config"]
     lines = [f"{cfg['variant']}  batch {cfg['batch']}  {cfg['device']} {cfg['dtype']}"
              f"{' (autocast)' if cfg['amp'] else ''}  threads {cfg['threads']}  "
              f"torch {cfg['torch']}  {cfg['machine']}",
-             f"{'provider':<20} {'images/s':>10} {'ms/batch':>10} {'speed-up':>9} "
-             f"{'max |Δlogit|':>13}"]
+             f"{'provider':<28} {'images/s':>10} {'ms/batch':>10} {'speed-up':>9} "
+             f"{'max |Δlogit|':>13} {'rel L2 vs f64':>14} {'top-1 = f32':>12}"]
     for r in report["results"]:
         if r["error"]:
-            lines.append(f"{r['provider']:<20} {'-':>10} {'-':>10} {'-':>9} {'-':>13}  "
-                         f"{r['error']}")
+            lines.append(f"{r['provider']:<28} {'-':>10} {'-':>10} {'-':>9} {'-':>13} "
+                         f"{'-':>14} {'-':>12}  {r['error']}")
             continue
-        lines.append(f"{r['provider']:<20} {r['images_per_s']:>10.1f} {r['median_ms']:>10.2f} "
-                     f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>13.2e}")
+        lines.append(f"{r['provider']:<28} {r['images_per_s']:>10.1f} {r['median_ms']:>10.2f} "
+                     f"{r['speedup']:>8.2f}x {r['max_abs_diff']:>13.2e} "
+                     f"{r.get('rel_l2_vs_float64', float('nan')):>14.2e} "
+                     f"{r.get('top1_vs_float32', float('nan')):>12.1%}"
+                     + (f"  ({r['note']})" if r.get("note") else ""))
     return "\n".join(lines)

@@ -27,6 +27,11 @@ def collect() -> Dict[str, str]:
         "torch threads": str(torch.get_num_threads()),
         "cpu extension": "built" if cpu.is_available() else f"missing ({cpu.unavailable_reason()})",
         "cpu isa": cpu.isa() if cpu.is_available() else "-",
+        # which kernels each dtype runs on that path, and why the path is what it is
+        # (the CPU's best, LEVIT_CPU_ISA, or why LEVIT_CPU_ISA was ignored)
+        "cpu float32 path": cpu.float32_path() if cpu.is_available() else "-",
+        "cpu bfloat16 path": cpu.bf16_path() if cpu.is_available() else "-",
+        "cpu isa chosen by": cpu.isa_note() if cpu.is_available() else "-",
         "triton": _triton_version(),
         "cuda": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                  else "not available"),

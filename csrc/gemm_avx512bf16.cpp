@@ -1,0 +1,64 @@
+// gemm_avx512bf16.cpp — bf16 GEMM block kernel on AVX512_BF16's vdpbf16ps (compiled with
+// -mavx512f/dq/bw/vl -mfma -mavx512bf16; only called where CPUID reports AVX512_BF16).
+//
+//   acc[i] += A[r, 2q]·W[2q, c_i] + A[r, 2q+1]·W[2q+1, c_i]     one vdpbf16ps per 16 columns
+//
+// A's pair (A[r, 2q], A[r, 2q+1]) is one 32-bit value, broadcast to all 16 lanes; the packed
+// weight's pair row holds (W[2q, c], W[2q+1, c]) per column c (gemm_bf16.h), so a 64-byte
+// load is one operand. 14×32 tile: 28 ZMM accumulators + 2 W vectors + the broadcast. Twice
+// the float32 kernel's products per instruction, and half its weight and activation bytes.
+// Epilogue, strips and row tails: gemm_kernel_bf16.h. Reference:
+// levit_kernels/ops/reference.py::linear.
+//
+// vdpbf16ps treats denormal inputs as zero and flushes denormal results (DAZ/FTZ, whatever
+// MXCSR says): values below 1.2e-38 may differ from the widened paths, nothing else does
+// beyond the order of the additions.
+#include <cstring>
+
+#include "gemm_kernel_bf16.h"
+
+namespace levit {
+namespace {
+
+struct Native {
+  template <class V, int MR, int NV>
+  static void accumulate(__m512 (&acc)[MR][NV], const GemmBlockBf16& g, int64_t i,
+                         const bf16* b) {
+    const bf16* a = g.a + i * g.lda;
+    const int64_t lda = g.lda, pairs = g.kc / 2;
+    const bf16* bp[NV];
+    for (int v = 0; v < NV; ++v) bp[v] = pair_column<V>(g, b, v);
+    for (int64_t q = 0; q < pairs; ++q) {
+      __m512i bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp[v] + q * kPairWidth);
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        int32_t pair;  // A[r, 2q] in the low half, A[r, 2q+1] in the high half
+        std::memcpy(&pair, a + r * lda + 2 * q, 4);
+        const __m512i av = _mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
+      }
+    }
+    if (g.kc % 2) {  // the run's last k alone: the high half (padding in W) must be 0 in A too
+      __m512i bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(bp[v] + pairs * kPairWidth);
+      for (int r = 0; r < MR; ++r) {
+        const __m512i av = _mm512_set1_epi32(static_cast<int32_t>(a[r * lda + 2 * pairs].bits));
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = _mm512_dpbf16_ps(acc[r][v], (__m512bh)av, (__m512bh)bv[v]);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+GemmKernelBf16 gemm_kernel_bf16_avx512bf16() {
+  return {&gemm_block_bf16<Avx512, Native, 14, 2>, 14, 32, false,
+          "vdpbf16ps (AVX512_BF16 dot products, float32 accumulation)"};
+}
+
+}  // namespace levit

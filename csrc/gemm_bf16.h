@@ -1,0 +1,96 @@
+// gemm_bf16.h — the bf16 GEMM, MLP and their packed weights: gemm.h's operations with bf16
+// inputs, weights, biases, residuals and outputs, products accumulated in float32, the
+// epilogue (bias, Hardswish, residual) in float32 and each output rounded to bf16 once
+// (bf16.h). Reference: levit_kernels/ops/reference.py::linear / ::mlp.
+//
+// Packed bf16 weight layout — the pairs AVX512_BF16's vdpbf16ps multiplies, and the same for
+// every ISA path (a packed weight stays valid after set_isa): W (N, K) row-major, K made of
+// `segments` equal runs (1 for a linear layer; the kernel rows of a convolution, whose patches
+// are read one kernel row at a time), each run padded with a zero to an even length; then
+// ceil(N/16) panels of Kp = packed_pairs(K, segments) pair rows of 16 columns × 2:
+//   packed[((p·Kp + kp)·16 + c)·2 + e] = W[16p + c][k]   for k = s·run + 2·q + e, kp = s·⌈run/2⌉ + q
+//   (0 past N and in a run's padding).
+// A pair row of a panel is 64 bytes, one cache line, like a float32 panel row.
+#pragma once
+
+#include <cstdint>
+
+#include "bf16.h"
+#include "gemm.h"
+
+namespace levit {
+
+constexpr int64_t kPairWidth = kPanel * 2;  // bf16 values in one pair row of a panel
+
+// Pair rows of a (·, k) weight packed in `segments` runs (k must be a multiple of segments).
+inline int64_t packed_pairs(int64_t k, int64_t segments) {
+  return segments * ((k / segments + 1) / 2);
+}
+inline int64_t packed_numel_bf16(int64_t n, int64_t k, int64_t segments) {
+  return (n + kPanel - 1) / kPanel * packed_pairs(k, segments) * kPairWidth;
+}
+
+// w: (n, k) with row stride ldw; packed: packed_numel_bf16(n, k, segments) values.
+void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segments,
+                 bf16* packed, int nthreads);
+
+// gemm.h's gemm_packed / mlp_packed / gemm_rows_* in bf16 (weights packed with segments = 1,
+// except gemm_rows_segments: one segment per A pointer).
+void gemm_packed(const bf16* x, int64_t m, int64_t k, int64_t ldx, const bf16* packed, int64_t n,
+                 const bf16* bias, const bf16* residual, int64_t ldr, int act, bf16* out,
+                 int64_t ldo, int nthreads);
+void mlp_packed(const bf16* x, int64_t m, int64_t c, int64_t ldx, const bf16* w1p,
+                const bf16* b1, int64_t ch, const bf16* w2p, const bf16* b2, bf16* out,
+                int nthreads);
+void gemm_rows_cols(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,
+                    int64_t j0, int64_t n, const bf16* bias, const bf16* residual, int64_t ldr,
+                    int act, bf16* c, int64_t ldc);
+void gemm_rows_all(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,
+                   int64_t n, const bf16* bias, int act, bf16* c, int64_t ldc);
+void gemm_rows_segments(const bf16* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
+                        int64_t m, const bf16* packed, int64_t n, const bf16* bias, int act,
+                        bf16* c, int64_t ldc);
+
+// ---- per-ISA block kernels: the bf16 kernel table (gemm_bf16.cpp) ----
+// C[0:m, 0:n] for one K block of kc values of k (even, except at the end of a run), like
+// GemmBlock. Partial sums of all but the last K block go to `acc` (float32, row stride ldacc);
+// first: start from zero (else from acc); last: apply the epilogue and store bf16 to c.
+// A is `a` (bf16) for native kernels, or `af`, the same block widened to float32 by the
+// driver, for kernels with widened_a (the multiply then is plain float32 FMA). `b` points at
+// the block's first pair row of the column block's first panel, panels panel_stride apart.
+struct GemmBlockBf16 {
+  const bf16* a;
+  const float* af;
+  int64_t lda, m, kc;  // lda: row stride of a or af, whichever the kernel reads
+  const bf16* b;
+  int64_t panel_stride, n;
+  float* acc;
+  int64_t ldacc;
+  bf16* c;
+  int64_t ldc;
+  const bf16* bias;
+  const bf16* residual;
+  int64_t ldr;
+  int act;
+  bool first, last;
+};
+
+struct GemmKernelBf16 {
+  void (*block)(const GemmBlockBf16&);
+  int mr;           // micro-tile rows
+  int nr;           // micro-tile columns (a multiple of kPanel)
+  bool widened_a;   // the driver passes A widened to float32 (af)
+  const char* how;  // what this path does, for levit_kernels.info()
+};
+
+// The kernel table, one entry per ISA path. An AMX-BF16 tile path would be one more Isa, one
+// more file and one more case in gemm_kernel_bf16(); callers only ever call that.
+GemmKernelBf16 gemm_kernel_bf16_generic();
+GemmKernelBf16 gemm_kernel_bf16_avx2();
+GemmKernelBf16 gemm_kernel_bf16_avx512();
+GemmKernelBf16 gemm_kernel_bf16_avx512bf16();
+GemmKernelBf16 gemm_kernel_bf16();  // the active ISA's entry
+// "<isa>: <how>" of the active bf16 path (levit_kernels.info()).
+const char* bf16_path();
+
+}  // namespace levit
