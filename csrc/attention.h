@@ -1,6 +1,8 @@
 // attention.h — LeViT attention with a per-head additive bias, fused into one pass:
 //   out[b, i, h*Dv : (h+1)*Dv] = act( softmax_j(scale · q[b,h,i]·k[b,h,j] + bias[h,i,j]) · v[b,h] )
 // and the probabilities-only variant (out = softmax(...) as (B, H, Nq, Nk)).
+// Reference: levit_kernels/ops/reference.py::attention / ::attention_probs; the GPU kernel of
+// the same op: levit_kernels/ops/gpu/attention.py.
 //
 // q/k/v are addressed through batch/head/token strides with unit stride on the feature dim,
 // so they can be views of a packed qkv projection (B, N, H, Dk+Dk+Dv) without any copy.

@@ -2,9 +2,9 @@
 //
 // 6 query rows at a time, the GEMM's 6×16 tile: scores 6 rows × 2 key vectors (12 YMM
 // accumulators) and P·V 6 rows × 2 value vectors, leaving room for the two loaded K/V vectors
-// and the broadcast within the 16 YMM registers. Measured against 4 rows × 3 vectors on a
-// Zen 4 core (LeViT-256 shapes, batch 16): 1.90× → 1.94× the reference on stage 1, and up to
-// 15% faster on the 49- and 16-token shapes (Dv = 64 splits into 2+2+2+2 vectors, not 3+3+2).
+// and the broadcast within the 16 YMM registers. It beat 4 rows × 3 vectors at every LeViT
+// shape, most on the 49- and 16-token ones (Dv = 64 splits into 2+2+2+2 vectors, not 3+3+2);
+// the measurement is in benchmarks/README.md.
 // Algorithm and memory plan: attention_kernel.h.
 #include "attention_kernel.h"
 

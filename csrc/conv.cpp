@@ -1,6 +1,8 @@
 // conv.cpp — LeViT's convolution stem as an implicit GEMM with a fused epilogue:
 //   out[b, oy, ox, :] = act( Σ_{ky,kx,ci} x[b, oy·s - p + ky, ox·s - p + kx, ci] · W[:, ky, kx, ci] + bias )
 // in NHWC, so the stem's last output is already the (B, N, C) token matrix of the first stage.
+// Reference: torch.nn.functional.conv2d (+ hardswish), as levit_kernels.ops.cpu.conv2d_packed's
+// tests compare it.
 //
 // The input is read through its strides, so NCHW images feed the first convolution in place
 // (no layout pass). Each thread task is one block of output pixels: their kh·kw·cin patches are gathered into a

@@ -2,9 +2,11 @@
 //
 // The stem convolutions, every attention and MLP layer, the mean over tokens and the
 // classifier run back to back on the kernels of gemm.h and attention.h, with all activations
-// in one workspace the caller provides. Why one call: at batch 1 a forward is ~50 kernel
-// calls of 20-200 us each, and driving them from Python (views, checks, allocations) took
-// ~0.8 ms of a 5.4 ms LeViT-128S forward on 2 threads.
+// in one workspace the caller provides. Why one call: at batch 1 a forward is ~50 short
+// kernel calls, and driving them from Python (views, checks, allocations) was a large part
+// of a batch-1 forward (benchmarks/README.md has the measurement).
+// Reference: the plain model, levit_kernels/model/levit.py::LeViT (eval mode), layer by layer
+// as levit_kernels/model/plan.py folds it.
 //
 // A Program holds raw pointers to packed weights and biases that the caller keeps alive (the
 // Python FusedPlan owns the tensors). Building one checks that the layers chain (widths, token

@@ -1,5 +1,6 @@
 // gemm.cpp — GEMM driver (cache blocking, threads, ISA dispatch), weight packing, the fused
 // residual MLP, and the portable generic block kernel.
+// Reference: levit_kernels/ops/reference.py::linear / ::mlp.
 //
 //   out = act(x·Wᵀ + bias) + residual          (gemm_packed)
 //   out = x + hswish(x·W1ᵀ + b1)·W2ᵀ + b2        (mlp_packed)

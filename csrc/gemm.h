@@ -1,4 +1,6 @@
 // gemm.h — C = act(A·Wᵀ + bias) + residual with pre-packed weights, and LeViT's residual MLP.
+// Reference: levit_kernels/ops/reference.py::linear / ::mlp; the GPU kernels of the same ops:
+// levit_kernels/ops/gpu/linear.py.
 //
 // Packed weight layout (ISA-independent, so a weight packed under one ISA is valid under every
 // other): W (N,K) row-major becomes ceil(N/16) panels of shape (K, 16), zero-padded past N:

@@ -1,6 +1,7 @@
 // gemm_kernel.h — the register-blocked GEMM micro-kernel, templated on a vector traits struct
 // (simd.h). Included only by gemm_avx2.cpp (V = Avx2, 6×16 tile) and gemm_avx512.cpp
 // (V = Avx512, 14×32 tile); see simd.h for why everything sits in an anonymous namespace.
+// Reference: levit_kernels/ops/reference.py::linear.
 //
 // Tile MR×(NV·W): MR·NV accumulators live in registers for the whole K block. Per k it loads
 // NV vectors of packed W (contiguous, 64-128 bytes) and broadcasts one element of each of the

@@ -1,11 +1,11 @@
 // thread_pool.h — a tiny persistent, torch-free parallel-for for the CPU kernels.
 //
-// LeViT's kernel calls last ~10-200 us, so starting threads per call is too slow. Workers are
-// created once (lazily, growing to the largest thread count asked for, but never beyond the
-// CPUs the process may use), spin briefly waiting for work, yield, then sleep on a condition
-// variable. The calling thread takes part in the work. With nthreads <= 1, or when
-// the pool is already busy (a nested call or a second Python thread), the loop simply runs
-// inline on the caller. A child process made by fork() gets the same pool, reset, without
+// LeViT's kernel calls are short (tens to hundreds of microseconds), so starting threads per
+// call is too slow. Workers are created once (lazily, growing to the largest thread count
+// asked for, but never beyond the CPUs the process may use), spin briefly waiting for work,
+// yield, then sleep on a condition variable. The calling thread takes part in the work. With
+// nthreads <= 1, or when the pool is already busy (a nested call or a second Python thread),
+// the loop simply runs inline on the caller. A child process made by fork() gets the same pool, reset, without
 // the parent's workers (which do not survive fork).
 #pragma once
 
