@@ -183,17 +183,18 @@ OP_FAMILY = {"attention": "attention", "attention_probs": "attention", "linear":
              "conv2d_packed": "conv2d", "pack_weight": "linear"}   # -> marker (pyproject.toml)
 
 
-def op_samples(device="cpu", seed=0, tokens=16, channels=32, heads=2, key_dim=8):
+def op_samples(device="cpu", seed=0, tokens=16, channels=32, heads=2, key_dim=8,
+               dtype=torch.float32):
     """[(id, op overload, args)] calling every `levit::*` op on small inputs shaped like a
     LeViT block (q/k/v strided views of one packed projection; an odd channel count for the
-    convolution). The CPU-only packed ops are left out on other devices."""
+    convolution), in `dtype`. The CPU-only packed ops are left out on other devices."""
     g = torch.Generator().manual_seed(seed)
     n, c, h, dk, dv = tokens, channels, heads, key_dim, 2 * key_dim
 
     def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device)
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
 
-    q, k, v = qkv_views(2, h, n, n, dk, dv, generator=g, device=device)
+    q, k, v = qkv_views(2, h, n, n, dk, dv, generator=g, dtype=dtype, device=device)
     bias = randn(h, n, n)
     x = randn(2, n, c)
     w1, b1 = randn(2 * c, c, scale=c ** -0.5), randn(2 * c)

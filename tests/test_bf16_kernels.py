@@ -108,6 +108,7 @@ def _packed_reference(w, segments):
 @pytest.mark.linear
 @pytest.mark.parametrize("n,k,segments", [(1, 1, 1), (17, 5, 1), (33, 18, 2), (16, 27, 3),
                                           (40, 32, 4)])
+@pytest.mark.linear
 def test_pack_weight_layout(n, k, segments):
     w = randn(n, k)
     packed = cpu.pack_weight(w, segments=segments)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from levit_kernels import LeViT, cpu, ops
-from levit_testing import qkv_bf16 as qkv, randn_bf16 as randn, randomize_
+from levit_testing import op_params, qkv_bf16 as qkv, randn_bf16 as randn, randomize_
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
 BF16 = torch.bfloat16
@@ -50,32 +50,10 @@ def test_mixed_dtypes_name_the_argument():
 
 
 # ---------------------------------------------------------------- registered ops
-def bf16_samples():
-    q, k, v = qkv(2, 3, 16, 16, 8, 12)
-    bias = randn(3, 16, 16)
-    x, w, b = randn(2, 7, 24), randn(40, 24), randn(40)
-    w2, b2, r = randn(24, 40), randn(24), randn(2, 7, 40)
-    p, p2 = cpu.pack_weight(w), cpu.pack_weight(w2)
-    image, conv_w = randn(2, 9, 11, 3), randn(17, 3, 3, 3)
-    lev = torch.ops.levit
-    return [(lev.attention.default, (q, k, v, bias, 0.35, True)),
-            (lev.attention_probs.default, (q, k, bias, 0.35)),
-            (lev.linear.default, (x, w, b, r, "hardswish")),
-            (lev.mlp.default, (x, w, b, w2, b2)),
-            (lev.linear_packed.default, (x, p, 40, b, r, "hardswish")),
-            (lev.mlp_packed.default, (x, p, b, p2, b2)),
-            (lev.conv2d_packed.default,
-             (image, cpu.pack_conv_weight(conv_w), 17, 3, 2, 1, randn(17), "hardswish"))]
-
-
-@pytest.mark.attention
-@pytest.mark.linear
-@pytest.mark.mlp
-@pytest.mark.conv2d
-def test_opcheck_bf16():
-    for op, args in bf16_samples():
-        torch.library.opcheck(op, args)
-        assert op(*args).dtype == BF16
+@pytest.mark.parametrize("op, args", op_params(dtype=BF16))
+def test_opcheck_bf16(op, args):
+    torch.library.opcheck(op, args)
+    assert op(*args).dtype == BF16
 
 
 @pytest.mark.attention

@@ -30,6 +30,7 @@ ODD_ATTN = [(1, 1, 1, 1, 1), (7, 7, 5, 13, 3), (37, 37, 13, 5, 2), (197, 197, 16
             (1, 37, 7, 7, 2), (37, 1, 16, 33, 1), (7, 197, 37, 197, 1), (197, 7, 32, 17, 3)]
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("shape", LEVIT_ATTN + ODD_ATTN, ids=str)
 def test_attention(shape, batch, isa, threads):
@@ -42,6 +43,7 @@ def test_attention(shape, batch, isa, threads):
     assert_close(cpu.attention_probs(q, k, bias, scale), ref.attention_probs(q, k, bias, scale))
 
 
+@pytest.mark.attention
 def test_attention_does_not_copy_or_modify_inputs(isa):
     q, k, v = qkv_views(2, 4, 49, 49, 16, 32)
     bias = torch.randn(4, 49, 49)
@@ -51,6 +53,7 @@ def test_attention_does_not_copy_or_modify_inputs(isa):
         assert torch.equal(t, b)
 
 
+@pytest.mark.attention
 def test_softmax_large_logits_and_negative_bias(isa, threads):
     """scale·q·k up to ~±80 and biases down to -20: no overflow, float32-accurate."""
     b, h, n, dk = 2, 3, 49, 16
@@ -71,6 +74,7 @@ def test_softmax_large_logits_and_negative_bias(isa, threads):
         assert err <= max(1e-5 * exact.abs().max().item(), 2 * err32), (err, err32)
 
 
+@pytest.mark.attention
 def test_exp_accuracy_elementwise(isa):
     """With q = 0 the probabilities are exp(bias - max)/sum: check each one to a few ulp."""
     n = 203
@@ -102,6 +106,7 @@ EPILOGUES = [(bias, res, act) for bias in (False, True) for res in (False, True)
              for act in ("none", "hardswish")]
 
 
+@pytest.mark.linear
 @pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
 @pytest.mark.parametrize("mkn", LIN_SHAPES, ids=str)
 def test_linear(mkn, packed, isa, threads):
@@ -119,6 +124,7 @@ def test_linear(mkn, packed, isa, threads):
         assert_close(out, expected)
 
 
+@pytest.mark.linear
 def test_linear_batched_and_noncontiguous(isa):
     x = torch.randn(3, 5, 40)[:, :, ::2]  # (3, 5, 20), non-unit last stride: copied in cpu.py
     w = torch.randn(24, 40)[:, ::2]       # non-contiguous weight
@@ -126,6 +132,7 @@ def test_linear_batched_and_noncontiguous(isa):
     assert_close(cpu.linear(x, w, None, r, "hardswish"), ref.linear(x, w, None, r, "hardswish"))
 
 
+@pytest.mark.linear
 def test_packed_weight_is_isa_independent():
     w = torch.randn(50, 70)
     x = torch.randn(33, 70)
@@ -140,6 +147,7 @@ def test_packed_weight_is_isa_independent():
         cpu.set_isa(old)
 
 
+@pytest.mark.linear
 @pytest.mark.parametrize("mkn", [(1, 5, 3), (13, 64, 33), (40, 300, 17), (29, 17, 100)], ids=str)
 def test_gemm_writes_only_its_output(mkn, isa, threads):
     """Output and residual as strided views inside NaN guards: nothing outside is touched."""
@@ -164,6 +172,7 @@ def test_gemm_writes_only_its_output(mkn, isa, threads):
     assert out_buf[guard].isnan().all()
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("shape", [(7, 7, 5, 13, 3), (49, 196, 16, 64, 2), (16, 16, 32, 64, 4)], ids=str)
 def test_attention_writes_only_its_output(shape, isa, threads):
     n_q, n_k, dk, dv, h = shape
@@ -185,6 +194,7 @@ def test_attention_writes_only_its_output(shape, isa, threads):
 MLP_SHAPES = [(1, 7, 13), (17, 64, 128), (197, 256, 512), (63, 100, 300), (16, 512, 1024)]
 
 
+@pytest.mark.mlp
 @pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
 @pytest.mark.parametrize("mch", MLP_SHAPES, ids=str)
 def test_mlp(mch, packed, isa, threads):
@@ -208,6 +218,7 @@ CONV_SHAPES = [(2, 3, 32, 32, 16, 3, 2, 1), (1, 16, 13, 7, 33, 3, 2, 1), (1, 64,
                (1, 1, 1, 1, 1, 3, 2, 1)]
 
 
+@pytest.mark.conv2d
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
 def test_conv2d(shape, isa, threads):
     batch, cin, h, w, cout, kernel, stride, pad = shape
@@ -225,6 +236,7 @@ def test_conv2d(shape, isa, threads):
                          expected)
 
 
+@pytest.mark.conv2d
 def test_conv2d_validation():
     x = torch.randn(1, 8, 8, 3)
     packed = cpu.pack_conv_weight(torch.randn(4, 3, 3, 3))
@@ -241,6 +253,7 @@ def test_conv2d_validation():
 
 
 # ---------------------------------------------------------------- validation
+@pytest.mark.attention
 def test_attention_validation():
     q, k, v = qkv_views(1, 2, 7, 7, 4, 8)
     bias = torch.randn(2, 7, 7)
@@ -263,6 +276,7 @@ def test_attention_validation():
         cpu.attention_probs(q, strided, bias, 0.5)
 
 
+@pytest.mark.linear
 def test_linear_validation():
     x, w = torch.randn(5, 8), torch.randn(3, 8)
     with pytest.raises(TypeError, match="x"):

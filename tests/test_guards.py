@@ -132,6 +132,7 @@ def _gemm_case(m, n, k, nthreads, g):
 # this writing: the first K block overwrites the output, which is the residual, before the
 # last block's epilogue reads it (gemm.h allows the aliasing). This sweep stops at K = 40,
 # so it covers the tails; tests/fuzz/fuzz_kernels.cpp covers K > 256 (test_sanitizers.py).
+@pytest.mark.linear
 @needs_extension
 def test_gemm_writes_only_its_output_at_every_tail(isa, nthreads):
     g = torch.Generator().manual_seed(1)
@@ -139,6 +140,7 @@ def test_gemm_writes_only_its_output_at_every_tail(isa, nthreads):
         _gemm_case(m, n, k, nthreads, g)
 
 
+@pytest.mark.mlp
 @needs_extension
 def test_mlp_writes_only_its_output_at_every_tail(isa, nthreads):
     g = torch.Generator().manual_seed(2)
@@ -161,6 +163,7 @@ def test_mlp_writes_only_its_output_at_every_tail(isa, nthreads):
             raise AssertionError(f"{what}: {exc}") from None
 
 
+@pytest.mark.linear
 @needs_extension
 def test_pack_weight_writes_exactly_its_panels(nthreads):
     g = torch.Generator().manual_seed(3)
@@ -220,6 +223,7 @@ def _attention_case(n_q, n_k, d_k, d_v, nthreads, g):
                 raise AssertionError(f"{what}: {exc}") from None
 
 
+@pytest.mark.attention
 @needs_extension
 def test_attention_writes_only_its_output_at_every_tail(isa, nthreads):
     g = torch.Generator().manual_seed(4)
@@ -244,6 +248,7 @@ def _poisoned_out(shape):
     return Poisoned(shape, device=GPU_DEVICE)
 
 
+@pytest.mark.attention
 @needs_gpu
 @pytest.mark.parametrize("sizes", GPU_ATTN, ids=lambda s: "x".join(map(str, s)))
 def test_gpu_attention_writes_only_its_output(sizes):
@@ -267,6 +272,7 @@ def test_gpu_attention_writes_only_its_output(sizes):
                                                  scale), rel=1e-4)
 
 
+@pytest.mark.linear
 @needs_gpu
 @pytest.mark.parametrize("sizes", GPU_LINEAR, ids=lambda s: "x".join(map(str, s)))
 def test_gpu_linear_writes_only_its_output(sizes):
@@ -285,6 +291,7 @@ def test_gpu_linear_writes_only_its_output(sizes):
                                             for t in (x, w, bias, res)], act), rel=1e-4)
 
 
+@pytest.mark.mlp
 @needs_gpu
 @pytest.mark.parametrize("sizes", GPU_MLP, ids=lambda s: "x".join(map(str, s)))
 def test_gpu_mlp_writes_only_its_output(sizes):
