@@ -202,6 +202,77 @@ def test_linear_mlp_fp16():
     assert_low_precision(out, reference.mlp, (x, w1, b1, w2, b2))
 
 
+# ------------------------------------------------- linear on a strided row grid, stem conv
+@pytest.mark.linear
+@pytest.mark.parametrize("res", [7, 14])
+def test_linear_reads_a_subsampled_token_grid_in_place(res):
+    # The shrinking attention's query input: x[:, ::2, ::2] of a (B, R, R, C) token grid,
+    # read through its strides (7 -> 4x4: three unmergeable row dims; 14 -> 7x7: two).
+    grid = torch.randn(2, res, res, 24, device=DEVICE)
+    x = grid[:, ::2, ::2]
+    w, b = torch.randn(40, 24, device=DEVICE), torch.randn(40, device=DEVICE)
+    out = gpu.linear(x, w, b, None, "hardswish", out=poisoned(tuple(x.shape[:-1]) + (40,)))
+    expected = reference.linear(*f64(x.contiguous(), w, b), None, "hardswish")
+    assert rel_err(out, expected) <= FP32_RTOL
+    five = torch.randn(2, 3, 4, 5, 24, device=DEVICE)[:, ::2, :, ::2]   # > 3 dims: copied
+    assert rel_err(gpu.linear(five, w, b), reference.linear(*f64(five, w, b))) <= FP32_RTOL
+
+
+# (B, H, W, Cin, Cout, stride, padding): odd sizes, LeViT's 3x3/2/1 and a stride-1 case
+CONV_SHAPES = [(2, 9, 7, 3, 8, 2, 1), (1, 16, 16, 8, 24, 2, 1), (1, 5, 6, 4, 16, 1, 0),
+               (2, 4, 4, 20, 36, 2, 1)]
+
+
+@pytest.mark.conv2d
+@pytest.mark.parametrize("act", ["none", "hardswish"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv2d_fp32(shape, act):
+    batch, h, w, cin, cout, stride, pad = shape
+    images = torch.randn(batch, cin, h, w, device=DEVICE)     # NCHW, read in place as NHWC
+    weight = torch.randn(cout, cin, 3, 3, device=DEVICE) / (9 * cin) ** 0.5
+    bias = torch.randn(cout, device=DEVICE)
+    x = images.permute(0, 2, 3, 1)
+    expected = reference.conv2d(*f64(x, weight, bias), stride, pad, act)
+    out = gpu.conv2d(x, weight, bias, stride, pad, act,
+                     out=poisoned(tuple(expected.shape)))
+    assert rel_err(out, expected) <= FP32_RTOL
+    nhwc = gpu.conv2d(x.contiguous(), weight, None, stride, pad, act)
+    assert rel_err(nhwc, reference.conv2d(*f64(x, weight), None, stride, pad, act)) <= FP32_RTOL
+
+
+@pytest.mark.conv2d
+def test_conv2d_fp16_and_cast_on_load():
+    h = torch.float16
+    images = torch.randn(2, 3, 9, 7, device=DEVICE)
+    weight = (torch.randn(16, 3, 3, 3, device=DEVICE) / 27 ** 0.5).to(h)
+    bias = torch.randn(16, device=DEVICE, dtype=h)
+    x16 = images.half().permute(0, 2, 3, 1)
+    out = gpu.conv2d(x16, weight, bias, 2, 1, "hardswish")
+    assert_low_precision(out, lambda *t: reference.conv2d(*t, 2, 1, "hardswish"),
+                         (x16, weight, bias))
+    # The fused stem reads float32 images into a float16 plan: the cast happens on load, so
+    # the result is the conv of the rounded images, exactly.
+    cast = gpu.launch_conv2d(images.permute(0, 2, 3, 1), gpu.conv_weight_matrix(weight), bias,
+                             (3, 3), 2, 1, "hardswish", torch.empty_like(out))
+    torch.testing.assert_close(cast, out, rtol=0, atol=0)
+
+
+@pytest.mark.conv2d
+def test_conv2d_rejects():
+    x = torch.randn(1, 8, 8, 3, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="^weight:"):
+        gpu.conv2d(x, w[:, :2], None, 2, 1)
+    with pytest.raises(ValueError, match="^stride:"):
+        gpu.conv2d(x, w, None, 0, 1)
+    with pytest.raises(ValueError, match="^x:"):
+        gpu.conv2d(x[:, :1, :1], w, None, 2, 0)
+    with pytest.raises(TypeError, match="^weight:"):
+        gpu.conv2d(x, w.double(), None, 2, 1)
+    with pytest.raises(ValueError, match="^activation:"):
+        gpu.conv2d(x, w, None, 2, 1, "relu")
+
+
 # ---------------------------------------------------------------------- input validation
 def _attn_inputs(dtype=torch.float32):
     q, k, v = packed_qkv(1, 2, 7, 7, 16, 32, dtype=dtype)
