@@ -12,7 +12,8 @@ training behaviour); what it adds is owned here, in one place:
   `load_state_dict`, pickling, `refresh_fused()`), so torch.compile, which cannot run the
   key's checks, always finds a current plan;
 * the backend of each forward (plan.py): the one-call CPU program, the launchers, or the
-  registered ops under torch.compile — chosen once here and passed down.
+  registered ops under torch.compile — chosen once here and passed down; on GPU optionally
+  replayed as one CUDA graph per input shape (`use_cuda_graphs()`, cuda_graphs.py).
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import warnings
 
 import torch
 
-from ..ops import checks, cpu
+from ..ops import cpu
 from .levit import LeViT, check_images
-from .plan import PROGRAM, TORCH_OPS, FusedPlan, Launchers
+from .plan import KERNEL_DTYPES, KERNELS, PROGRAM, TORCH_OPS, FusedPlan, Launchers
 
 _warned = set()      # one warning per reason per process
 
@@ -33,6 +34,8 @@ class FusedLeViT(LeViT):
 
     fused = True
     _plan = None        # FusedPlan, or None until the first eval-mode forward
+    _kernels = None     # None: each device's own kernels (plan.KERNELS); "cpu" / "gpu" forces
+    _cuda_graphs = False
 
     def __init__(self, *args, fused: bool = True, **kwargs):
         if not fused:
@@ -45,17 +48,42 @@ class FusedLeViT(LeViT):
             return super().forward(x)
         check_images(x, self.img_size)
         dtype = _compute_dtype(self, x)
-        if not _kernels_support(x.device, dtype):
+        kernels = self._kernels_for(x.device)
+        if not _kernels_support(kernels, dtype):
             _warn_once(("dtype", x.device.type, dtype),
                        f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
                        f"{x.device.type}: the fused kernels take "
-                       f"{', '.join(str(d) for d in checks.OP_DTYPES.get(x.device.type, ()))}")
+                       f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
             return super().forward(x)
-        if _extension_missing(x):
+        if kernels == "cpu" and _extension_missing(x):
             return super().forward(x)
         with torch.no_grad():
             plan = self._current_plan(x.device, dtype)
-            return _backend(plan).run(plan, x)
+            backend = _backend(plan)
+            if self._cuda_graphs and plan.device.type == "cuda" and backend is plan.backend:
+                return _graphed(plan)(backend, plan, x)
+            return backend.run(plan, x)
+
+    # -- switches ------------------------------------------------------------------------------
+    def use_kernels(self, kernels=None):
+        """Which kernels run the fused forward: None (default) the device's own (C++ on CPU,
+        Triton on CUDA); "gpu" runs the Triton launchers, also on CPU tensors when
+        TRITON_INTERPRET=1 was set before triton was imported (how the CUDA branch is tested
+        without a GPU); "cpu" the C++ kernels. Returns the model."""
+        if kernels not in (None, "cpu", "gpu"):
+            raise ValueError(f"kernels: expected None, 'cpu' or 'gpu', got {kernels!r}")
+        self._kernels = kernels
+        self._plan = None
+        return self
+
+    def use_cuda_graphs(self, enabled: bool = True):
+        """Replay eager CUDA forwards as one CUDA graph per input shape (captured on the first
+        call of each shape; outputs are fresh tensors). Returns the model."""
+        self._cuda_graphs = bool(enabled)
+        return self
+
+    def _kernels_for(self, device: torch.device) -> str:
+        return self._kernels or KERNELS.get(device.type, "")
 
     # -- the plan and its key -----------------------------------------------------------------
     def _current_plan(self, device: torch.device, dtype: torch.dtype) -> FusedPlan:
@@ -74,7 +102,7 @@ class FusedLeViT(LeViT):
 
     def _build_plan(self, device: torch.device, dtype: torch.dtype) -> FusedPlan:
         with torch.no_grad():
-            plan = FusedPlan(self, device, dtype)
+            plan = FusedPlan(self, device, dtype, self._kernels_for(device))
         plan.slots = _state_slots(self)
         plan.key = _state_key(plan.slots, device, dtype)
         self._plan = plan
@@ -91,8 +119,11 @@ class FusedLeViT(LeViT):
         """Drop the plan and, in eval mode, build it for the model's own device and dtype."""
         self._plan = None
         param = next(self.parameters(), None)
-        if (self.training or param is None or not _kernels_support(param.device, param.dtype)
-                or _extension_missing(param, warn=False)):
+        if param is None:
+            return
+        kernels = self._kernels_for(param.device)
+        if (self.training or not _kernels_support(kernels, param.dtype)
+                or (kernels == "cpu" and _extension_missing(param, warn=False))):
             return
         self._build_plan(param.device, param.dtype)
 
@@ -124,13 +155,27 @@ LeViT.fused_class = FusedLeViT
 
 def _backend(plan: FusedPlan):
     """How this forward runs the plan: the registered ops under torch.compile (which must see
-    them to trace the graph), the one-call program on CPU, the GPU launchers otherwise (the
-    torch.ops dispatcher's per-call cost is measurable at ~50 calls per forward)."""
+    them to trace the graph), the one-call program for "cpu" plans, the GPU launchers for
+    "gpu" plans (the torch.ops dispatcher's per-call cost is measurable at ~80 calls per
+    forward), kept on the plan."""
     if torch.compiler.is_compiling():
         return TORCH_OPS
     if plan.program is not None:
         return PROGRAM
+    if plan.kernels == "gpu":
+        if plan.backend is None:
+            from .gpu_backend import GpuLaunchers     # imports Triton: only when needed
+            plan.backend = GpuLaunchers()
+        return plan.backend
     return Launchers(plan.device)
+
+
+def _graphed(plan: FusedPlan):
+    """The plan's CUDA-graph replays (made on first use; dropped with the plan)."""
+    if plan.graphs is None:
+        from .cuda_graphs import GraphedForward
+        plan.graphs = GraphedForward()
+    return plan.graphs
 
 
 def _state_slots(model: LeViT):
@@ -173,8 +218,8 @@ def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _kernels_support(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type != "meta" and dtype in checks.OP_DTYPES.get(device.type, ())
+def _kernels_support(kernels: str, dtype: torch.dtype) -> bool:
+    return dtype in KERNEL_DTYPES.get(kernels, ())
 
 
 def _warn_once(key, message: str) -> None:
