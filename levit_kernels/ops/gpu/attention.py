@@ -44,7 +44,8 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes, load_tile
+from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
+                     hardswish, load_tile)
 from .tuning import Config, Tuner, pow2
 
 LOG2E = 1.4426950408889634
@@ -139,7 +140,7 @@ def _attention_kernel(Q, K, V, Bias, Out,
         # every key of the row is -inf (0/0 = NaN, as torch.softmax gives).
         acc = acc / tl.where((l_i == 0.0) & (N_K == 0), 1.0, l_i)[:, None]
         if HARDSWISH:
-            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+            acc = hardswish(acc)
         # out[b, m, h*Dv + d] of the contiguous (B, Nq, H*Dv) output.
         row = H * D_V
         o_ptr = Out + off_b * N_Q * row + off_h * D_V

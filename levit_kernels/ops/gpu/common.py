@@ -56,6 +56,24 @@ def load_tile(ptrs, row_mask, col_mask, MASK_ROWS: tl.constexpr, MASK_COLS: tl.c
         return tl.load(ptrs)
 
 
+@triton.jit
+def hardswish(x):
+    return x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+
+
+@triton.jit
+def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (row block, column block) of an (M, N) output, programs ordered in bands
+    of GROUP_M row blocks: the programs running together share the same weight column blocks,
+    which then stay in L2."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    band = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // band) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % band) % group_rows, (pid % band) // group_rows
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """The PRECISION constexpr for inputs of `dtype` (LEVIT_TRITON_FP32 picks float32's)."""
     if dtype != torch.float32:

@@ -26,9 +26,10 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes
+from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
+                     grouped_tile, hardswish)
 from .linear import _fits
-from .tuning import Config, Tuner, interpret_tile, pow2
+from .tuning import Config, Tuner, gemm_interpret, pow2
 
 
 @triton.jit
@@ -41,14 +42,7 @@ def _conv2d_kernel(X, W, Bias, Out, M, N, H, W_IN, HO, WO, CIN,
     # Cin is a runtime value (one compiled kernel serves every stem layer): the (ky, kx, ci)
     # split below divides BLOCK_K indices per step, negligible beside the tile's dot.
     K = KH * KW * CIN
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    band = GROUP_M * num_n
-    first_m = (pid // band) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % band) % group_rows
-    pid_n = (pid % band) // group_rows
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -70,7 +64,8 @@ def _conv2d_kernel(X, W, Bias, Out, M, N, H, W_IN, HO, WO, CIN,
         iy = iy0[:, None] + ky[None, :]
         ix = ix0[:, None] + kx[None, :]
         inside = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W_IN)
-        x = tl.load(X + x_base[:, None] + (ky * stride_xh + kx * stride_xw + ci * stride_xc)[None, :],
+        k_off = ky * stride_xh + kx * stride_xw + ci * stride_xc
+        x = tl.load(X + x_base[:, None] + k_off[None, :],
                     mask=mask_m[:, None] & (k < K)[None, :] & inside, other=0.0)
         w = tl.load(W + offs_n[None, :] * K + k[:, None], mask=(k < K)[:, None] & mask_n[None, :],
                     other=0.0)
@@ -78,7 +73,7 @@ def _conv2d_kernel(X, W, Bias, Out, M, N, H, W_IN, HO, WO, CIN,
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if HARDSWISH:
-        acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+        acc = hardswish(acc)
     tl.store(Out + offs_m[:, None] * N + offs_n[None, :], acc.to(Out.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
 
@@ -101,10 +96,7 @@ _CONV = Tuner(
      for bm, bn, bk, w, s in [(128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
                               (128, 32, 32, 4, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)]],
     _prune_conv, key=("dtype", "precision", "N", "K", "CIN", "STRIDE", "HARDSWISH"),
-    bucket="M",
-    interpret=lambda shape: Config(dict(BLOCK_M=interpret_tile(shape["M"]),
-                                        BLOCK_N=interpret_tile(shape["N"]),
-                                        BLOCK_K=interpret_tile(shape["K"]), GROUP_M=2)))
+    bucket="M", interpret=gemm_interpret)
 
 
 def conv_weight_matrix(weight: torch.Tensor) -> torch.Tensor:

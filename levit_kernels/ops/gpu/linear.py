@@ -35,17 +35,13 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes
-from .tuning import Config, Tuner, interpret_tile, pow2
+from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
+                     grouped_tile, hardswish)
+from .tuning import Config, Tuner, gemm_interpret, interpret_tile, pow2
 
 # Dynamic shared memory one block may use (bytes): sm_80 163 KB, sm_86/89 99 KB, sm_90 227 KB.
 SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 MLP_FUSED_MAX_C = 128
-
-
-@triton.jit
-def _hardswish(x):
-    return x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
 
 
 @triton.jit
@@ -54,14 +50,7 @@ def _linear_kernel(X, W, Bias, Res, Out, M, N, K, D1, D2, stride_x0, stride_x1, 
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HARDSWISH: tl.constexpr,
                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    band = GROUP_M * num_n
-    first_m = (pid // band) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % band) % group_rows
-    pid_n = (pid % band) // group_rows
+    pid_m, pid_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -84,7 +73,7 @@ def _linear_kernel(X, W, Bias, Res, Out, M, N, K, D1, D2, stride_x0, stride_x1, 
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if HARDSWISH:
-        acc = _hardswish(acc)
+        acc = hardswish(acc)
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_RES:
         acc += tl.load(Res + offs_m[:, None] * stride_rm + offs_n[None, :], mask=mask,
@@ -111,7 +100,7 @@ def _mlp_fused_kernel(X, W1, B1, W2, B2, Out, M, C, CH, stride_xm, stride_w1, st
                       mask=mask_c[:, None] & mask_h[None, :], other=0.0)      # (BLOCK_C, BLOCK_H)
         hid = dot(x, w1t, PRECISION)
         hid += tl.load(B1 + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-        hid = _hardswish(hid)       # padded hidden columns are hardswish(0) = 0
+        hid = hardswish(hid)       # padded hidden columns are hardswish(0) = 0
         w2t = tl.load(W2 + offs_c[None, :] * stride_w2 + offs_h[:, None],
                       mask=mask_h[:, None] & mask_c[None, :], other=0.0)      # (BLOCK_H, BLOCK_C)
         acc += dot(hid.to(x.dtype), w2t, PRECISION)
@@ -160,10 +149,7 @@ _LINEAR = Tuner(
                               (64, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 64, 32, 8, 3),
                               (32, 128, 32, 8, 3), (32, 64, 32, 4, 4), (16, 64, 64, 4, 3)]],
     _prune_linear, key=("dtype", "precision", "N", "K", "HAS_BIAS", "HAS_RES", "HARDSWISH"),
-    bucket="M",
-    interpret=lambda shape: Config(dict(BLOCK_M=interpret_tile(shape["M"]),
-                                        BLOCK_N=interpret_tile(shape["N"]),
-                                        BLOCK_K=interpret_tile(shape["K"]), GROUP_M=2)))
+    bucket="M", interpret=gemm_interpret)
 _MLP = Tuner(
     "mlp", _mlp_fused_kernel,
     [Config(dict(BLOCK_M=bm, BLOCK_H=bh), num_warps=w, num_stages=s)

@@ -53,6 +53,12 @@ def interpret_tile(n: int) -> int:
     return 16 if n <= 64 else 64 if n <= 256 else 128
 
 
+def gemm_interpret(shape: dict) -> "Config":
+    """The interpreter's config of the (M, N, K) GEMM kernels (linear, conv2d)."""
+    return Config(dict(BLOCK_M=interpret_tile(shape["M"]), BLOCK_N=interpret_tile(shape["N"]),
+                       BLOCK_K=interpret_tile(shape["K"]), GROUP_M=2))
+
+
 def bucket(n: int) -> int:
     """n rounded up to a power of 4: batch sizes in one bucket share a tuned config."""
     b = 1
