@@ -62,9 +62,8 @@ def test_default_table_entries_are_candidates():
     from levit_kernels.ops.gpu.tuned_defaults import DEFAULTS
     from levit_kernels.ops.gpu.tuning import Config
     found = 0
-    for launch in gpu_static.record_launches("LeViT-256", 64):
-        for dtype in (torch.float16, torch.bfloat16):
-            tuner, shape, _, _ = gpu_static.retyped(launch, dtype, "native")
+    for dtype in (torch.float16, torch.bfloat16):
+        for tuner, shape, _, _ in gpu_static.record_launches("LeViT-256", 64, dtype):
             for arch in gpu_static.ARCHS:
                 entry = DEFAULTS.get(arch, {}).get(tuner.name, {}).get(tuner.shape_key(shape))
                 if entry is not None:

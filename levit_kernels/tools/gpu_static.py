@@ -90,15 +90,13 @@ def record_launches(variant: str, batch: int, dtype: torch.dtype = torch.float16
     return launches
 
 
-def retyped(launch, dtype: torch.dtype, precision: str):
-    """A launch recorded on a float16 plan as the same launch on a `dtype` plan (the plan's
-    tensors change dtype; the float32 images the first conv reads do not)."""
+def with_precision(launch, precision: str):
+    """A float32 launch as it is with another LEVIT_TRITON_FP32 precision (the launchers'
+    other choices do not depend on it)."""
     tuner, shape, args, consts = launch
-    args = [_meta(dtype, a.shape, a.stride(), a.storage_offset())
-            if isinstance(a, torch.Tensor) and a.dtype == torch.float16 else a for a in args]
     if "PRECISION" in consts:
         consts = dict(consts, PRECISION=precision)
-    return tuner, dict(shape, dtype=dtype, precision=precision), args, consts
+    return tuner, dict(shape, precision=precision), args, consts
 
 
 def _spec(value):
@@ -145,11 +143,11 @@ def make_jobs(variants, batches, dtypes, archs, tuners=None, configs="all", skip
     jobs = {}
     for variant in variants:
         for batch in batches:
-            recorded = record_launches(variant, batch)
             for dtype_name in dtypes:
                 dtype = DTYPES[dtype_name]
                 prec = "native" if dtype != torch.float32 else precision or dot_precision(dtype)
-                for tuner, shape, args, consts in (retyped(r, dtype, prec) for r in recorded):
+                recorded = record_launches(variant, batch, dtype)
+                for tuner, shape, args, consts in (with_precision(r, prec) for r in recorded):
                     if tuners is not None and tuner.name not in tuners:
                         continue
                     for arch in (a for a in archs if (dtype_name, a) not in skip):
@@ -331,9 +329,8 @@ def default_table(variants=None, dtypes=("float16", "bfloat16"),
     candidate (the static pick; gpu_lab.py's tuned configs are the measured replacement)."""
     table: Dict[int, Dict[str, Dict[str, list]]] = {}
     for variant in variants or SUBSETS["full"]["variants"]:
-        for launch in record_launches(variant, 64):
-            for dtype_name in dtypes:
-                tuner, shape, _, _ = retyped(launch, DTYPES[dtype_name], "native")
+        for dtype_name in dtypes:
+            for tuner, shape, _, _ in record_launches(variant, 64, DTYPES[dtype_name]):
                 if tuner.name not in tuners:
                     continue
                 for arch in ARCHS:

@@ -12,13 +12,17 @@
 # never leave registers. Every input byte is read once per tile and the output written once,
 # straight into the (B, Nq, H*Dv) layout the next projection reads (no transpose pass).
 #
-# Key blocks. Keys are walked in BLOCK_N = 64 blocks (float32: 32 or 16, key_blocks) with an
-# online (running max / sum) softmax, then one masked tail block of TAIL_N = next_pow2(Nk % 64)
-# keys: Nk = 196 computes
-# 3*64 + 16 = 208 keys (6% padding), where one 256-wide block computed 23% padding and, with
-# Dv = 64-128, needed more than 255 registers per thread (spills in every config). Full blocks
-# carry no key mask. Only the per-head base offsets are 64-bit: the tiles index in 32 bits from
-# them (a 64-bit pointer per tile element doubles the registers the addresses take).
+# Key blocks. Keys are walked in BLOCK_N = 64 blocks (float32: 32, or 16 with Dv > 64; see
+# key_blocks) with an online (running max / sum) softmax, then one masked tail block of
+# TAIL_N = next_pow2(Nk % BLOCK_N) keys: Nk = 196 computes 3*64 + 16 = 208 keys (6% padding),
+# where one 256-wide block computed 23% padding and, with Dv = 64-128, needed more than 255
+# registers per thread (spills in every config). Full blocks carry no key mask.
+#
+# Registers. Tiles index in 32 bits from 64-bit per-head base pointers. The bias is the one
+# (BLOCK_M, BLOCK_N) gather per key block: with a row stride that is not a multiple of 16
+# elements (Nk = 196) Triton cannot prove its rows aligned, loads it element by element with a
+# 64-bit address each (~100 registers per thread more: spills), so the fused plan pads its
+# bias rows to a multiple of 16 (model/plan.py, FusedAttention). Any stride works, slower.
 #
 # Softmax. Base 2: log2(e) is folded into the scale and into the bias as it is loaded, so the
 # exponentials are exp2. Padding keys get -inf before the max; a running max that is still -inf
@@ -218,7 +222,7 @@ def _attention_configs():
     return [Config(dict(BLOCK_M=bm, TILES_PER_PROG=t), num_warps=w, num_stages=s)
             for bm, t, w, s in [(64, 1, 4, 1), (32, 1, 4, 1), (16, 1, 4, 1), (16, 1, 2, 1),
                                 (16, 4, 4, 1), (16, 4, 2, 1), (32, 2, 4, 1), (64, 1, 4, 2),
-                                (128, 1, 8, 1), (64, 1, 8, 1)]]
+                                (128, 1, 8, 1)]]
 
 
 _ATTENTION = Tuner("attention", _attention_kernel, _attention_configs(), _prune_attention,

@@ -116,15 +116,15 @@ def _fits(shape, arch, stages, *tiles):
 
 def _prune_linear(configs, shape, arch):
     """Tiles no larger than the problem (rounded up), operand tiles that fit the arch's shared
-    memory, and for float32 at most 512 accumulator elements per warp (larger fp32 tiles
-    spill, 3xTF32's split operands most: tools/gpu_static.py)."""
+    memory, and for float32 at most 512 accumulator elements per warp and 32-wide K slices
+    (larger fp32 tiles spill, 3xTF32's split operands most: tools/gpu_static.py)."""
     m, n, k = pow2(shape["M"]), pow2(shape["N"]), pow2(shape["K"])
     wide = shape["dtype"].itemsize > 2
 
     def ok(c):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         return (bm <= m and bn <= n and bk <= k
-                and (not wide or bm * bn <= 512 * c.num_warps)
+                and (not wide or (bm * bn <= 512 * c.num_warps and bk <= 32))
                 and _fits(shape, arch, c.num_stages, bm * bk, bk * bn))
 
     keep = [c for c in configs if ok(c)]
@@ -132,13 +132,13 @@ def _prune_linear(configs, shape, arch):
 
 
 def _prune_mlp(configs, shape, arch):
-    """Row blocks no taller than the rows; float32 row blocks of at most 32 (the (rows, C)
-    accumulator and x tile stay in registers for the whole hidden loop: 64 fp32 rows of
-    C = 128 spill)."""
+    """Row blocks no taller than the rows; float32 at most 32 rows x 32 hidden columns per
+    step (the (rows, C) accumulator and x tile stay in registers for the whole hidden loop:
+    larger fp32 blocks of C = 128 spill)."""
     m = pow2(shape["M"])
     wide = shape["dtype"].itemsize > 2
     keep = [c for c in configs if c.kwargs["BLOCK_M"] <= m
-            and (not wide or c.kwargs["BLOCK_M"] <= 32)]
+            and (not wide or (c.kwargs["BLOCK_M"] <= 32 and c.kwargs["BLOCK_H"] <= 32))]
     return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
 
 
@@ -146,8 +146,9 @@ _LINEAR = Tuner(
     "linear", _linear_kernel,
     [Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
      for bm, bn, bk, w, s in [(128, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-                              (64, 64, 32, 4, 4), (128, 256, 32, 8, 3), (64, 64, 32, 8, 3),
-                              (32, 128, 32, 8, 3), (32, 64, 32, 4, 4), (16, 64, 64, 4, 3)]],
+                              (64, 64, 32, 4, 4), (64, 64, 32, 8, 3),
+                              (32, 128, 32, 8, 3), (32, 64, 32, 4, 4), (16, 64, 64, 4, 3),
+                              (16, 64, 32, 4, 4)]],
     _prune_linear, key=("dtype", "precision", "N", "K", "HAS_BIAS", "HAS_RES", "HARDSWISH"),
     bucket="M", interpret=gemm_interpret)
 _MLP = Tuner(

@@ -34,61 +34,61 @@ _PICKS_0 = {
     },
     'conv2d': {
         'bfloat16,native,128,576,64,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,128,576,64,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,16,27,3,2,True':
-            [{'BLOCK_M': 64, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 64, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 2],
         'bfloat16,native,192,864,96,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,192,864,96,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,24,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,256,1152,128,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,32,144,16,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,32,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,384,1728,192,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,48,216,24,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,48,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,64,288,32,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'bfloat16,native,96,432,48,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,128,576,64,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,128,576,64,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,16,27,3,2,True':
-            [{'BLOCK_M': 64, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 64, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 2],
         'float16,native,192,864,96,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,192,864,96,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,24,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,256,1152,128,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,32,144,16,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,32,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 32, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,384,1728,192,2,False':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,48,216,24,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,48,27,3,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,64,288,32,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
         'float16,native,96,432,48,2,True':
-            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 4, 3],
+            [{'BLOCK_M': 128, 'BLOCK_N': 64, 'BLOCK_K': 32, 'GROUP_M': 8}, 8, 3],
     },
     'mlp': {
         'bfloat16,native,128,256': [{'BLOCK_M': 64, 'BLOCK_H': 64}, 4, 2],
