@@ -28,20 +28,29 @@ from .plan import FusedAttention, FusedConv, FusedLinear, FusedMlp, FusedPlan
 
 class GpuLaunchers:
     """Runs a "gpu" plan (kept on the plan as plan.backend: it remembers which input shapes
-    were validated)."""
+    were validated). The first forward of a shape goes through a checking twin, so concurrent
+    forwards never share a checking flag."""
 
-    def __init__(self):
+    def __init__(self, checking: bool = False):
         from ..ops import gpu           # imports Triton
         from ..ops.gpu.common import GPU_DEVICES, gpu_dtypes
         self.gpu, self._devices, self._dtypes = gpu, GPU_DEVICES, gpu_dtypes
+        self.checking = checking
         self.validated = set()
-        self.checking = True
+        self._checker = None
 
     def run(self, plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
         key = (tuple(images.shape), images.dtype, images.device)
-        self.checking = key not in self.validated
-        if self.checking:
-            checks.check_tensor(images, "images", ndim=4, unit_last_stride=False)
+        if key in self.validated:
+            return self.forward(plan, images)
+        if self._checker is None:
+            self._checker = GpuLaunchers(checking=True)
+        checks.check_tensor(images, "images", ndim=4, unit_last_stride=False)
+        out = self._checker.forward(plan, images)
+        self.validated.add(key)
+        return out
+
+    def forward(self, plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 2, 3, 1)          # NHWC view of the NCHW images
         for i, conv in enumerate(plan.stem):
             x = self.conv(conv, x, "hardswish" if i < len(plan.stem) - 1 else "none")
@@ -49,9 +58,7 @@ class GpuLaunchers:
         for layer in plan.layers:
             x = layer(x, self) if isinstance(layer, FusedAttention) else self.mlp(layer, x)
         x = x.mean(dim=1)
-        out = self.linear(plan.head, x) if plan.head is not None else x
-        self.validated.add(key)
-        return out
+        return self.linear(plan.head, x) if plan.head is not None else x
 
     def _empty(self, like: torch.Tensor, shape, what: str, names: str) -> torch.Tensor:
         if self.checking:
