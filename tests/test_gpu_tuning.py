@@ -63,12 +63,18 @@ def test_pruning_by_shape_and_dtype():
     # linear: operand tiles within the arch's shared memory, tiles no larger than the problem
     lin = dict(dtype=torch.float32, precision="tf32x3", M=12544, N=1000, K=512)
     for arch, limit in linear_mod.SMEM_LIMIT.items():
-        for c in linear_mod._prune_linear(linear_mod._LINEAR.configs, lin, arch):
+        for c in linear_mod.prune_gemm(linear_mod._LINEAR.configs, lin, arch):
             k = c.kwargs
             assert c.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * 4 <= limit
+    ieee = linear_mod.prune_gemm(linear_mod._LINEAR.configs, dict(lin, precision="ieee"), 80)
+    assert ieee and all(c.kwargs["BLOCK_M"] <= 32 for c in ieee)
+    # nothing small enough: the smallest tile that keeps the float32 register rules
+    tiny = dict(lin, M=1, N=8, K=8)
+    (pick,) = linear_mod.prune_gemm(linear_mod._LINEAR.configs, tiny, 80)
+    assert pick.kwargs["BLOCK_K"] <= 32
     small = dict(lin, dtype=torch.float16, M=16, N=64, K=64)
     assert all(c.kwargs["BLOCK_M"] <= 16 and c.kwargs["BLOCK_N"] <= 64
-               for c in linear_mod._prune_linear(linear_mod._LINEAR.configs, small, 90))
+               for c in linear_mod.prune_gemm(linear_mod._LINEAR.configs, small, 90))
 
 
 def test_one_tuning_per_shape_class_not_per_batch(fake_gpu):

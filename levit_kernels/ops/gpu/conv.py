@@ -28,7 +28,7 @@ import triton.language as tl
 from .. import checks
 from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
                      grouped_tile, hardswish)
-from .linear import _fits
+from .linear import prune_gemm
 from .tuning import Config, Tuner, gemm_interpret, pow2
 
 
@@ -78,25 +78,13 @@ def _conv2d_kernel(X, W, Bias, Out, M, N, H, W_IN, HO, WO, CIN,
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-def _prune_conv(configs, shape, arch):
-    """As the linear's: tiles no larger than N and K (rounded up), operand tiles within the
-    arch's shared memory, float32 at most 512 accumulator elements per warp."""
-    n, k = pow2(shape["N"]), pow2(shape["K"])
-    wide = shape["dtype"].itemsize > 2
-    keep = [c for c in configs if c.kwargs["BLOCK_N"] <= n and c.kwargs["BLOCK_K"] <= k
-            and (not wide or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 512 * c.num_warps)
-            and _fits(shape, arch, c.num_stages, c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"],
-                      c.kwargs["BLOCK_K"] * c.kwargs["BLOCK_N"])]
-    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
-
-
 _CONV = Tuner(
     "conv2d", _conv2d_kernel,
     [Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
      # 128-row tiles on 8 warps: on 4 the patch gather's per-element addresses spill
      for bm, bn, bk, w, s in [(128, 64, 32, 8, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 3),
-                              (128, 32, 32, 8, 3), (64, 32, 32, 4, 2), (32, 64, 32, 4, 3)]],
-    _prune_conv, key=("dtype", "precision", "N", "K", "CIN", "STRIDE", "HARDSWISH"),
+                              (128, 32, 32, 8, 3), (64, 32, 32, 4, 2), (32, 64, 32, 4, 2)]],
+    prune_gemm, key=("dtype", "precision", "N", "K", "CIN", "STRIDE", "HARDSWISH"),
     bucket="M", interpret=gemm_interpret)
 
 

@@ -114,21 +114,28 @@ def _fits(shape, arch, stages, *tiles):
     return stages * sum(tiles) * size <= SMEM_LIMIT.get(arch, min(SMEM_LIMIT.values()))
 
 
-def _prune_linear(configs, shape, arch):
-    """Tiles no larger than the problem (rounded up), operand tiles that fit the arch's shared
-    memory, and for float32 at most 512 accumulator elements per warp and 32-wide K slices
-    (larger fp32 tiles spill, 3xTF32's split operands most: tools/gpu_static.py)."""
+def prune_gemm(configs, shape, arch):
+    """The (M, N, K) GEMM kernels' configs (linear, conv2d) worth trying for a shape:
+    registers first (every rule is what tools/gpu_static.py measured to spill otherwise):
+    float32 at most 512 accumulator elements per warp and 32-wide K slices (3xTF32's split
+    operands take 4x a 16-bit tile's registers), IEEE (FMA-only) at most 32-row tiles; then
+    tiles no larger than the problem (rounded up) and operand tiles that fit the arch's shared
+    memory. When no tile is small enough, the smallest that keeps the register rules."""
     m, n, k = pow2(shape["M"]), pow2(shape["N"]), pow2(shape["K"])
-    wide = shape["dtype"].itemsize > 2
+    wide, ieee = shape["dtype"].itemsize > 2, shape["precision"] == "ieee"
 
-    def ok(c):
+    def registers_ok(c):
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        return not wide or (bm * bn <= 512 * c.num_warps and bk <= 32 and (bm <= 32 or not ieee))
+
+    def fits(c):
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         return (bm <= m and bn <= n and bk <= k
-                and (not wide or (bm * bn <= 512 * c.num_warps and bk <= 32))
                 and _fits(shape, arch, c.num_stages, bm * bk, bk * bn))
 
-    keep = [c for c in configs if ok(c)]
-    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    allowed = [c for c in configs if registers_ok(c)]
+    return [c for c in allowed if fits(c)] or [
+        min(allowed, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 def _prune_mlp(configs, shape, arch):
@@ -149,7 +156,7 @@ _LINEAR = Tuner(
                               (64, 64, 32, 4, 4), (64, 64, 32, 8, 3),
                               (32, 128, 32, 8, 3), (32, 64, 32, 4, 4), (16, 64, 64, 4, 3),
                               (16, 64, 32, 4, 4)]],
-    _prune_linear, key=("dtype", "precision", "N", "K", "HAS_BIAS", "HAS_RES", "HARDSWISH"),
+    prune_gemm, key=("dtype", "precision", "N", "K", "HAS_BIAS", "HAS_RES", "HARDSWISH"),
     bucket="M", interpret=gemm_interpret)
 _MLP = Tuner(
     "mlp", _mlp_fused_kernel,
