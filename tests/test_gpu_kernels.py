@@ -19,6 +19,7 @@ import torch
 
 from levit_kernels import gpu, reference
 from levit_kernels.model.config import VARIANTS
+from levit_testing import qkv_views
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -30,24 +31,13 @@ pytestmark = pytest.mark.skipif(
 FP32_RTOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """The same random inputs on every run, whatever ran before: a failure reproduces."""
+    torch.manual_seed(0)
+
+
 # ---------------------------------------------------------------------------- helpers
-def packed_qkv(batch, heads, n_q, n_k, d_k, d_v, dtype=torch.float32, device=DEVICE):
-    """q/k/v as LeViT makes them: strided views of packed projections, permuted to (B,H,N,D).
-
-    Square attention packs q,k,v per head in one (B, N, H, 2Dk+Dv) tensor; shrinking attention
-    (Nq != Nk) has its own q projection (B, Nq, H, Dk) and a packed (B, Nk, H, Dk+Dv) kv."""
-    if n_q == n_k:
-        qkv = torch.randn(batch, n_k, heads, 2 * d_k + d_v, dtype=dtype, device=device)
-        q, k, v = qkv.split([d_k, d_k, d_v], dim=-1)
-    else:
-        q = torch.randn(batch, n_q, heads, d_k, dtype=dtype, device=device)
-        kv = torch.randn(batch, n_k, heads, d_k + d_v, dtype=dtype, device=device)
-        k, v = kv.split([d_k, d_v], dim=-1)
-    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))
-    assert not k.is_contiguous() and k.stride(-1) == 1
-    return q, k, v
-
-
 def poisoned(shape, dtype=torch.float32, device=DEVICE):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
@@ -88,11 +78,12 @@ SMALL_ATTN = [
 ]
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("hardswish", [False, True])
 @pytest.mark.parametrize("shape", SMALL_ATTN, ids=lambda s: "x".join(map(str, s)))
 def test_attention_fp32(shape, hardswish):
     batch, heads, n_q, n_k, d_k, d_v = shape
-    q, k, v = packed_qkv(*shape)
+    q, k, v = qkv_views(*shape, device=DEVICE)
     bias = torch.randn(heads, n_q, n_k, device=DEVICE)
     scale = d_k ** -0.5
     out = poisoned((batch, n_q, heads * d_v))
@@ -102,22 +93,27 @@ def test_attention_fp32(shape, hardswish):
     assert rel_err(out, ref) <= FP32_RTOL
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("shape", SMALL_ATTN, ids=lambda s: "x".join(map(str, s)))
 def test_attention_probs_fp32(shape):
     batch, heads, n_q, n_k, d_k, d_v = shape
-    q, k, _ = packed_qkv(*shape)
+    q, k, _ = qkv_views(*shape, device=DEVICE)
     bias = torch.randn(heads, n_q, n_k, device=DEVICE)
     out = poisoned((batch, heads, n_q, n_k))
     gpu.attention_probs(q, k, bias, d_k ** -0.5, out=out)
     ref = reference.attention_probs(*f64(q, k, bias), d_k ** -0.5)
     assert rel_err(out, ref) <= FP32_RTOL
-    torch.testing.assert_close(out.double().sum(-1), torch.ones_like(ref[..., 0]))
+    # Each row sums to 1 within float32 rounding: every stored probability is off by at most
+    # half an ulp of itself (eps/2 over the row) plus the normalisation's own rounding.
+    torch.testing.assert_close(out.double().sum(-1), torch.ones_like(ref[..., 0]), rtol=0,
+                               atol=4 * torch.finfo(torch.float32).eps)
 
 
+@pytest.mark.attention
 def test_attention_default_output_and_large_bias():
     # No out=: a fresh contiguous buffer. A bias of -1e4 on all but one key per row pushes
     # the softmax to one-hot without overflow or NaN.
-    q, k, v = packed_qkv(2, 2, 7, 7, 16, 32)
+    q, k, v = qkv_views(2, 2, 7, 7, 16, 32, device=DEVICE)
     bias = torch.full((2, 7, 7), -1e4, device=DEVICE)
     bias[:, torch.arange(7), torch.arange(7)] = 0
     out = gpu.attention(q, k, v, bias, 0.25, False)
@@ -125,10 +121,11 @@ def test_attention_default_output_and_large_bias():
     assert rel_err(out, reference.attention(*f64(q, k, v, bias), 0.25, False)) <= FP32_RTOL
 
 
+@pytest.mark.attention
 @pytest.mark.parametrize("shape", [(2, 2, 49, 49, 16, 32), (1, 2, 16, 49, 32, 64)])
 def test_attention_fp16(shape):
     batch, heads, n_q, n_k, d_k, d_v = shape
-    q, k, v = packed_qkv(*shape, dtype=torch.float16)
+    q, k, v = qkv_views(*shape, dtype=torch.float16, device=DEVICE)
     bias = torch.randn(heads, n_q, n_k, device=DEVICE, dtype=torch.float16)
     out = gpu.attention(q, k, v, bias, d_k ** -0.5, True, out=poisoned(
         (batch, n_q, heads * d_v), torch.float16))
@@ -143,6 +140,7 @@ EPILOGUES = [(False, False, "none"), (True, False, "hardswish"), (True, True, "n
              (False, True, "hardswish")]                             # (bias, residual, act)
 
 
+@pytest.mark.linear
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: f"b{e[0]:d}r{e[1]:d}-{e[2]}")
 @pytest.mark.parametrize("mkn", LINEAR_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_linear_fp32(mkn, epilogue):
@@ -157,6 +155,7 @@ def test_linear_fp32(mkn, epilogue):
     assert rel_err(out, reference.linear(*f64(x, w, b, r), act)) <= FP32_RTOL
 
 
+@pytest.mark.linear
 def test_linear_leading_dims_and_strided_views():
     # x (2, 3, K) as a column slice of a wider tensor (row stride != K), weight a row slice,
     # residual a non-contiguous view: all read in place or reshaped, never wrong.
@@ -174,6 +173,7 @@ def test_linear_leading_dims_and_strided_views():
 
 
 # C <= 128 runs the fused kernel (hidden never stored); C = 136 chains two GEMM launches.
+@pytest.mark.mlp
 @pytest.mark.parametrize("lead,channels,hidden", [((1,), 16, 32), ((7,), 20, 40),
                                                   ((2, 17), 16, 24), ((3,), 136, 272)])
 def test_mlp_fp32(lead, channels, hidden):
@@ -187,6 +187,8 @@ def test_mlp_fp32(lead, channels, hidden):
     assert rel_err(out, reference.mlp(*f64(x, w1, b1, w2, b2))) <= FP32_RTOL
 
 
+@pytest.mark.linear
+@pytest.mark.mlp
 def test_linear_mlp_fp16():
     h = torch.float16
     x = torch.randn(33, 20, device=DEVICE, dtype=h)
@@ -202,9 +204,80 @@ def test_linear_mlp_fp16():
     assert_low_precision(out, reference.mlp, (x, w1, b1, w2, b2))
 
 
+# ------------------------------------------------- linear on a strided row grid, stem conv
+@pytest.mark.linear
+@pytest.mark.parametrize("res", [7, 14])
+def test_linear_reads_a_subsampled_token_grid_in_place(res):
+    # The shrinking attention's query input: x[:, ::2, ::2] of a (B, R, R, C) token grid,
+    # read through its strides (7 -> 4x4: three unmergeable row dims; 14 -> 7x7: two).
+    grid = torch.randn(2, res, res, 24, device=DEVICE)
+    x = grid[:, ::2, ::2]
+    w, b = torch.randn(40, 24, device=DEVICE), torch.randn(40, device=DEVICE)
+    out = gpu.linear(x, w, b, None, "hardswish", out=poisoned(tuple(x.shape[:-1]) + (40,)))
+    expected = reference.linear(*f64(x.contiguous(), w, b), None, "hardswish")
+    assert rel_err(out, expected) <= FP32_RTOL
+    five = torch.randn(2, 3, 4, 5, 24, device=DEVICE)[:, ::2, :, ::2]   # > 3 dims: copied
+    assert rel_err(gpu.linear(five, w, b), reference.linear(*f64(five, w, b))) <= FP32_RTOL
+
+
+# (B, H, W, Cin, Cout, stride, padding): odd sizes, LeViT's 3x3/2/1 and a stride-1 case
+CONV_SHAPES = [(2, 9, 7, 3, 8, 2, 1), (1, 16, 16, 8, 24, 2, 1), (1, 5, 6, 4, 16, 1, 0),
+               (2, 4, 4, 20, 36, 2, 1)]
+
+
+@pytest.mark.conv2d
+@pytest.mark.parametrize("act", ["none", "hardswish"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv2d_fp32(shape, act):
+    batch, h, w, cin, cout, stride, pad = shape
+    images = torch.randn(batch, cin, h, w, device=DEVICE)     # NCHW, read in place as NHWC
+    weight = torch.randn(cout, cin, 3, 3, device=DEVICE) / (9 * cin) ** 0.5
+    bias = torch.randn(cout, device=DEVICE)
+    x = images.permute(0, 2, 3, 1)
+    expected = reference.conv2d(*f64(x, weight, bias), stride, pad, act)
+    out = gpu.conv2d(x, weight, bias, stride, pad, act,
+                     out=poisoned(tuple(expected.shape)))
+    assert rel_err(out, expected) <= FP32_RTOL
+    nhwc = gpu.conv2d(x.contiguous(), weight, None, stride, pad, act)
+    assert rel_err(nhwc, reference.conv2d(*f64(x, weight), None, stride, pad, act)) <= FP32_RTOL
+
+
+@pytest.mark.conv2d
+def test_conv2d_fp16_and_cast_on_load():
+    h = torch.float16
+    images = torch.randn(2, 3, 9, 7, device=DEVICE)
+    weight = (torch.randn(16, 3, 3, 3, device=DEVICE) / 27 ** 0.5).to(h)
+    bias = torch.randn(16, device=DEVICE, dtype=h)
+    x16 = images.half().permute(0, 2, 3, 1)
+    out = gpu.conv2d(x16, weight, bias, 2, 1, "hardswish")
+    assert_low_precision(out, lambda *t: reference.conv2d(*t, 2, 1, "hardswish"),
+                         (x16, weight, bias))
+    # The fused stem reads float32 images into a float16 plan: the cast happens on load, so
+    # the result is the conv of the rounded images, exactly.
+    cast = gpu.launch_conv2d(images.permute(0, 2, 3, 1), gpu.conv_weight_matrix(weight), bias,
+                             (3, 3), 2, 1, "hardswish", torch.empty_like(out))
+    torch.testing.assert_close(cast, out, rtol=0, atol=0)
+
+
+@pytest.mark.conv2d
+def test_conv2d_rejects():
+    x = torch.randn(1, 8, 8, 3, device=DEVICE)
+    w = torch.randn(4, 3, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="^weight:"):
+        gpu.conv2d(x, w[:, :2], None, 2, 1)
+    with pytest.raises(ValueError, match="^stride:"):
+        gpu.conv2d(x, w, None, 0, 1)
+    with pytest.raises(ValueError, match="^x:"):
+        gpu.conv2d(x[:, :1, :1], w, None, 2, 0)
+    with pytest.raises(TypeError, match="^weight:"):
+        gpu.conv2d(x, w.double(), None, 2, 1)
+    with pytest.raises(ValueError, match="^activation:"):
+        gpu.conv2d(x, w, None, 2, 1, "relu")
+
+
 # ---------------------------------------------------------------------- input validation
 def _attn_inputs(dtype=torch.float32):
-    q, k, v = packed_qkv(1, 2, 7, 7, 16, 32, dtype=dtype)
+    q, k, v = qkv_views(1, 2, 7, 7, 16, 32, dtype=dtype, device=DEVICE)
     return q, k, v, torch.randn(2, 7, 7, device=DEVICE, dtype=dtype)
 
 
@@ -220,6 +293,7 @@ def _attn_inputs(dtype=torch.float32):
     ("out_shape", ValueError, "out"),
     ("not_tensor", TypeError, "v"),
 ])
+@pytest.mark.attention
 def test_attention_rejects(case, exc, name):
     q, k, v, bias = _attn_inputs()
     kwargs = {}
@@ -247,6 +321,7 @@ def test_attention_rejects(case, exc, name):
         gpu.attention(q, k, v, bias, 0.25, False, **kwargs)
 
 
+@pytest.mark.attention
 def test_attention_probs_rejects():
     q, k, _, bias = _attn_inputs()
     with pytest.raises(ValueError, match="^bias:"):
@@ -265,6 +340,7 @@ def test_attention_probs_rejects():
     ("residual_dtype", TypeError, "residual"),
     ("activation", ValueError, "activation"),
 ])
+@pytest.mark.linear
 def test_linear_rejects(case, exc, name):
     x = torch.randn(5, 16, device=DEVICE)
     w = torch.randn(8, 16, device=DEVICE)
@@ -291,6 +367,7 @@ def test_linear_rejects(case, exc, name):
         gpu.linear(x, w, b, r, act)
 
 
+@pytest.mark.mlp
 def test_mlp_rejects():
     x = torch.randn(5, 16, device=DEVICE)
     w1, b1 = torch.randn(32, 16, device=DEVICE), torch.randn(32, device=DEVICE)
@@ -303,13 +380,15 @@ def test_mlp_rejects():
         gpu.mlp(x, w1.half(), b1, w2, b2)
 
 
+@pytest.mark.attention
+@pytest.mark.linear
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     # The launchers read TRITON_INTERPRET at each call: CPU tensors without it are refused.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x, w = torch.randn(3, 16), torch.randn(8, 16)
     with pytest.raises(ValueError, match="^x:"):
         gpu.linear(x, w)
-    q, k, v = packed_qkv(1, 1, 4, 4, 16, 16, device="cpu")
+    q, k, v = qkv_views(1, 1, 4, 4, 16, 16, device="cpu")
     with pytest.raises(ValueError, match="^q:"):
         gpu.attention(q, k, v, torch.randn(1, 4, 4), 0.25, False)
 
@@ -345,13 +424,14 @@ LEVIT_ATTN = levit_attention_shapes()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+@pytest.mark.attention
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("shape", LEVIT_ATTN, ids=lambda s: "x".join(map(str, s)))
 def test_attention_levit_shapes_cuda(shape, batch, dtype):
     heads, n_q, n_k, d_k, d_v = shape
-    q, k, v = packed_qkv(batch, heads, n_q, n_k, d_k, d_v, dtype=dtype)
+    q, k, v = qkv_views(batch, heads, n_q, n_k, d_k, d_v, dtype=dtype, device=DEVICE)
     bias = torch.randn(heads, n_q, n_k, device=DEVICE, dtype=dtype)
     scale = d_k ** -0.5
     out = gpu.attention(q, k, v, bias, scale, True,
@@ -379,6 +459,7 @@ def levit256_linear_shapes():
     return shapes
 
 
+@pytest.mark.linear
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batch", [1, 64])
@@ -397,6 +478,7 @@ def test_linear_levit256_cuda(shape, batch, dtype):
             assert_low_precision(out, lambda *t: reference.linear(*t, act), (x, w, b, res))
 
 
+@pytest.mark.mlp
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("batch", [1, 64])

@@ -15,7 +15,8 @@ training behaviour); what it adds is owned here, in one place:
   backward), torch.jit.trace and ONNX export (they cannot record or express the kernels),
   torch.func transforms, and models the plan does not fold (a replaced or hooked layer);
 * the backend of each fused forward (plan.py): the one-call CPU program, the launchers, or
-  the registered ops under torch.compile — chosen once here and passed down.
+  the registered ops under torch.compile — chosen once here and passed down; on GPU optionally
+  replayed as one CUDA graph per input shape (`use_cuda_graphs()`, cuda_graphs.py).
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ import torch
 from torch import Tensor
 from torch.library import custom_op
 
-from ..ops import checks, cpu
+from ..ops import cpu
 from .levit import LeViT, check_images
-from .plan import PROGRAM, TORCH_OPS, FusedPlan, Launchers, UnsupportedModel
+from .plan import (KERNEL_DTYPES, KERNELS, PROGRAM, TORCH_OPS, FusedPlan, Launchers,
+                   UnsupportedModel)
 from .state_key import StateKey
 
 _warned = set()      # one warning per reason per process
@@ -51,6 +53,8 @@ class FusedLeViT(LeViT):
 
     fused = True
     _plan = None        # FusedPlan or _PlainPlan (each with .key), None until first needed
+    _kernels = None     # None: each device's own kernels (plan.KERNELS); "cpu" / "gpu" forces
+    _cuda_graphs = False
 
     def __init__(self, *args, fused: bool = True, **kwargs):
         if not fused:
@@ -66,13 +70,14 @@ class FusedLeViT(LeViT):
         if _needs_plain_layers(self, x):
             return super().forward(x)
         dtype = _compute_dtype(self, x)
-        if not _kernels_support(x.device, dtype):
+        kernels = self._kernels_for(x.device)
+        if not _kernels_support(kernels, dtype):
             _warn_once(("dtype", x.device.type, dtype),
                        f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
                        f"{x.device.type}: the fused kernels take "
-                       f"{', '.join(str(d) for d in checks.OP_DTYPES.get(x.device.type, ()))}")
+                       f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
             return super().forward(x)
-        if _extension_missing(x):
+        if kernels == "cpu" and _extension_missing(x):
             return super().forward(x)
         if torch.compiler.is_compiling():
             return self._traced_forward(x, dtype)
@@ -80,9 +85,37 @@ class FusedLeViT(LeViT):
         if isinstance(plan, _PlainPlan):
             return super().forward(x)
         with torch.no_grad():
-            logits = _backend(plan).run(plan, x)
+            backend = _backend(plan)
+            if self._cuda_graphs and plan.device.type == "cuda" and backend is plan.backend:
+                logits = _graphed(plan)(backend, plan, x)
+            else:
+                logits = backend.run(plan, x)
         anchor = _parameter_requiring_grad(self) if torch.is_grad_enabled() else None
         return logits if anchor is None else _NoBackward.apply(logits, anchor)
+
+    # -- switches ------------------------------------------------------------------------------
+    def use_kernels(self, kernels=None):
+        """Which kernels run the fused forward: None (default) the device's own (C++ on CPU,
+        Triton on CUDA); "gpu" runs the Triton launchers, also on CPU tensors when
+        TRITON_INTERPRET=1 was set before triton was imported (how the CUDA branch is tested
+        without a GPU); "cpu" the C++ kernels. Returns the model."""
+        if kernels not in (None, "cpu", "gpu"):
+            raise ValueError(f"kernels: expected None, 'cpu' or 'gpu', got {kernels!r}")
+        self._kernels = kernels
+        self._plan = None
+        return self
+
+    def use_cuda_graphs(self, enabled: bool = True):
+        """Replay eager CUDA forwards as one CUDA graph per input shape (captured on the first
+        call of each shape; outputs are fresh tensors). Returns the model."""
+        self._cuda_graphs = bool(enabled)
+        return self
+
+    def _kernels_for(self, device: torch.device) -> str:
+        """The kernel family for tensors on `device` ("" where there is none: meta...)."""
+        if device.type not in KERNELS:
+            return ""
+        return self._kernels or KERNELS[device.type]
 
     # -- the plan and its key -----------------------------------------------------------------
     def _current_plan(self, device: torch.device, dtype: torch.dtype):
@@ -97,7 +130,7 @@ class FusedLeViT(LeViT):
         key = StateKey(self, device, dtype)
         try:
             with torch.no_grad():
-                plan = FusedPlan(self, device, dtype)
+                plan = FusedPlan(self, device, dtype, self._kernels_for(device))
         except UnsupportedModel as exc:
             plan = _PlainPlan(f"{_module_name(self, exc.module)} {exc.problem}")
             _warn_once(("unfused", plan.problem),
@@ -118,7 +151,8 @@ class FusedLeViT(LeViT):
             # the plan is built inside the graph, from the parameters the program lifts (the
             # CPU weights stay unpacked: packing is a C++ call no graph can record).
             try:
-                plan = FusedPlan(self, x.device, dtype, pack=False)
+                plan = FusedPlan(self, x.device, dtype, self._kernels_for(x.device),
+                                 pack=False)
             except UnsupportedModel:
                 return super().forward(x)
             return TORCH_OPS.run(plan, x)
@@ -146,8 +180,11 @@ class FusedLeViT(LeViT):
         """Drop the plan and, in eval mode, build it for the model's own device and dtype."""
         self._plan = None
         param = next(self.parameters(), None)
-        if (self.training or param is None or not _kernels_support(param.device, param.dtype)
-                or _extension_missing(param, warn=False)):
+        if param is None:
+            return
+        kernels = self._kernels_for(param.device)
+        if (self.training or not _kernels_support(kernels, param.dtype)
+                or (kernels == "cpu" and _extension_missing(param, warn=False))):
             return
         self._build_plan(param.device, param.dtype)
 
@@ -279,11 +316,17 @@ class _NoBackward(torch.autograd.Function):
 
 
 def _backend(plan: FusedPlan):
-    """How an eager forward runs the plan: the one-call program on CPU, the GPU launchers
-    otherwise (the torch.ops dispatcher's per-call cost is measurable at ~50 calls per
-    forward). Under torch.compile it is TORCH_OPS (_traced_forward)."""
+    """How an eager forward runs the plan: the one-call program for "cpu" plans, the GPU
+    launchers for "gpu" plans (the torch.ops dispatcher's per-call cost is measurable at ~80
+    calls per forward), kept on the plan. Under torch.compile it is TORCH_OPS
+    (_traced_forward)."""
     if plan.program is not None:
         return PROGRAM
+    if plan.kernels == "gpu":
+        if plan.backend is None:
+            from .gpu_backend import GpuLaunchers     # imports Triton: only when needed
+            plan.backend = GpuLaunchers()
+        return plan.backend
     return Launchers(plan.device)
 
 
@@ -292,6 +335,14 @@ def _module_name(model: LeViT, module) -> str:
         return "the model"
     return next((f"model.{name}" for name, m in model.named_modules() if m is module),
                 type(module).__name__)
+
+
+def _graphed(plan: FusedPlan):
+    """The plan's CUDA-graph replays (made on first use; dropped with the plan)."""
+    if plan.graphs is None:
+        from .cuda_graphs import GraphedForward
+        plan.graphs = GraphedForward()
+    return plan.graphs
 
 
 def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
@@ -304,8 +355,8 @@ def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _kernels_support(device: torch.device, dtype: torch.dtype) -> bool:
-    return device.type != "meta" and dtype in checks.OP_DTYPES.get(device.type, ())
+def _kernels_support(kernels: str, dtype: torch.dtype) -> bool:
+    return dtype in KERNEL_DTYPES.get(kernels, ())
 
 
 def _warn_once(key, message: str) -> None:

@@ -1,5 +1,5 @@
-"""The fused forward's plan: LeViT folded for inference on one device and dtype, and the three
-ways of running it.
+"""The fused forward's plan: LeViT folded for inference on one device and dtype, and the ways
+of running it.
 
 Inference never needs BatchNorm as a separate step: each BN is folded into the linear or conv
 before it (the head's BN into the Linear after it), the two classifier heads are averaged
@@ -11,10 +11,14 @@ weight is packed once for the GEMM micro-kernel. One block then runs as
     x   = linear(a, +bias, +residual x)
     x   = mlp(x)                          x + W2 hswish(W1 x + b1) + b2 in one call
 
-A plan is run by a backend, chosen once per forward by the fused model (fused.py):
+A plan is built for one family of kernels ("cpu": the C++ kernels, "gpu": Triton; by default
+the device's, KERNELS) and run by a backend, chosen once per forward by the fused model
+(fused.py):
 
-    PROGRAM      eager on CPU: the whole forward as one C++ call (cpu.ForwardProgram)
-    Launchers    eager, layer by layer on the launchers of ops/cpu.py or ops/gpu/
+    PROGRAM      eager, "cpu" plans: the whole forward as one C++ call (cpu.ForwardProgram)
+    Launchers    eager, layer by layer on the launchers of ops/cpu.py
+    GpuLaunchers eager, "gpu" plans: the Triton launchers, inputs checked once per input shape,
+                 optionally replayed as one CUDA graph (gpu_backend.py, cuda_graphs.py)
     TORCH_OPS    under torch.compile, layer by layer on the registered levit::* ops, which the
                  compiler traces (it cannot see into the launchers)
 
@@ -23,6 +27,7 @@ The layers hold data only; a backend's linear / mlp / conv / attention run them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import List, Optional
 
 import torch
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 from .. import ops
-from ..ops import cpu
+from ..ops import checks, cpu
 from .levit import (Attention, AttentionDownsample, ConvNorm, LeViT, LevitBlock, LevitDownsample,
                     LevitMlp, LevitStage, LinearNorm, NormLinear, Stem16, Subsample, slot_offsets,
                     split_heads)
@@ -99,6 +104,27 @@ def _pruned(model: nn.Module):
             setattr(module, name, value)
 
 
+# The kernel family that runs a plan on each device type by default. FusedLeViT.use_kernels
+# overrides it: "gpu" on CPU tensors runs the CUDA branch through the Triton launchers under
+# TRITON_INTERPRET=1 (how CI tests it without a GPU).
+KERNELS = {"cpu": "cpu", "cuda": "gpu"}
+KERNEL_DTYPES = {"cpu": checks.CPU_DTYPES, "gpu": checks.CUDA_DTYPES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a plan's layers are folded for: the device and dtype of their tensors, the kernel
+    family that will read them, and whether CPU weights are packed (not under torch.export)."""
+    device: torch.device
+    dtype: torch.dtype
+    kernels: str
+    pack: bool = True
+
+    @property
+    def packs_cpu(self) -> bool:
+        return self.pack and self.kernels == "cpu"
+
+
 # -- BatchNorm folding (in float64, rounded once to the plan's dtype) --------------------------
 def _bn_scale_shift(bn, bias=None):
     """BN(y + bias) == scale * y + shift, in eval mode (the running statistics).
@@ -155,21 +181,22 @@ def fold_head(head):
 # -- folded layers ----------------------------------------------------------------------------
 class FusedLinear:
     """A folded linear layer: (N, K) weight and bias, plus on CPU the weight packed once
-    (cpu.PackedLinear, which also checks it once instead of per call) unless pack=False."""
+    (cpu.PackedLinear, which also checks it once instead of per call) for "cpu" plans
+    that pack."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, device, dtype, pack=True):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, target: Target):
         self.out_features = weight.shape[0]
-        self.weight = weight.to(device=device, dtype=dtype).contiguous()
-        self.bias = bias.to(device=device, dtype=dtype).contiguous()
-        self.cpu = (cpu.PackedLinear(self.weight, self.bias) if pack and device.type == "cpu"
-                    else None)
+        self.weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
+        self.bias = bias.to(device=target.device, dtype=target.dtype).contiguous()
+        self.cpu = cpu.PackedLinear(self.weight, self.bias) if target.packs_cpu else None
 
 
 class FusedConv:
     """A stem convolution (3x3, stride 2, padding 1 in LeViT) with its BatchNorm folded in;
-    on CPU packed once for the implicit-GEMM kernel (NHWC, Hardswish in its epilogue)."""
+    packed once for the implicit-GEMM kernel of its family (NHWC, Hardswish in its epilogue):
+    CPU panels, or the (Cout, kh*kw*Cin) matrix the Triton kernel reads."""
 
-    def __init__(self, conv_norm, device, dtype, pack=True):
+    def __init__(self, conv_norm, target: Target):
         weight, bias = fold_conv_norm(_expect(conv_norm, ConvNorm))
         conv = conv_norm.linear
         # What the kernels take: a square kernel, one stride and one zero padding for both
@@ -181,55 +208,66 @@ class FusedConv:
                                          "zero padding, dilation 1 and groups 1")
         self.stride, self.padding = conv.stride[0], conv.padding[0]
         self.out_channels, self.kernel_size = weight.shape[0], weight.shape[-1]
-        self.weight = weight.to(device=device, dtype=dtype).contiguous()
-        self.bias = bias.to(device=device, dtype=dtype).contiguous()
+        self.weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
+        self.bias = bias.to(device=target.device, dtype=target.dtype).contiguous()
         self.cpu = (cpu.PackedConv(self.weight, self.bias, self.stride, self.padding)
-                    if pack and device.type == "cpu" else None)
+                    if target.packs_cpu else None)
+        # (Cout, Cin, kh, kw) -> (Cout, kh*kw*Cin), ci fastest (ops/gpu/conv.py reads this)
+        self.matrix = (self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+                       .contiguous() if target.kernels == "gpu" else None)
 
 
 class FusedMlp:
-    def __init__(self, mlp: LevitMlp, device, dtype, pack=True):
+    def __init__(self, mlp: LevitMlp, target: Target):
         _expect(mlp, LevitMlp)
         _expect(mlp.act, nn.Hardswish)
-        self.fc1 = FusedLinear(*fold_linear_norm(_expect(mlp.ln1, LinearNorm)), device, dtype,
-                               pack)
-        self.fc2 = FusedLinear(*fold_linear_norm(_expect(mlp.ln2, LinearNorm)), device, dtype,
-                               pack)
+        self.fc1 = FusedLinear(*fold_linear_norm(_expect(mlp.ln1, LinearNorm)), target)
+        self.fc2 = FusedLinear(*fold_linear_norm(_expect(mlp.ln2, LinearNorm)), target)
         self.cpu = (cpu.PackedMlp(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-                    if pack and device.type == "cpu" else None)
+                    if target.packs_cpu else None)
 
 
 class FusedAttention:
     """Self-attention block (residual) or shrinking attention (queries subsampled)."""
 
-    def __init__(self, attn, device, dtype, pack=True):
+    def __init__(self, attn, target: Target):
         self.shrinking = isinstance(attn, AttentionDownsample)
         _expect(attn, AttentionDownsample if self.shrinking else Attention)
         self.heads, self.key_dim, self.val_dim = attn.num_heads, attn.key_dim, attn.val_dim
         self.scale = attn.scale
         self.head_parts = dict(attn.head_parts)     # the projection's per-head layout
-        self.bias = attn.gathered_bias().detach().to(device=device, dtype=dtype).contiguous()
+        bias = attn.gathered_bias().detach().to(device=target.device, dtype=target.dtype)
+        if target.kernels == "gpu":
+            # Rows padded to a multiple of 16 elements (the view hides the padding): Triton then
+            # knows the row stride is 16-aligned and loads bias rows as vectors. With Nk = 196
+            # the unaligned stride made every element its own 64-bit address, ~100 registers
+            # per thread more, and the attention spilled (tools/gpu_static.py).
+            n_k = bias.shape[-1]
+            padded = bias.new_zeros(bias.shape[:-1] + (-(-n_k // 16) * 16,))
+            padded[..., :n_k] = bias
+            self.bias = padded[..., :n_k]
+        else:
+            self.bias = bias.contiguous()
         _, proj = _expect_sequence(attn.proj, [nn.Hardswish, LinearNorm])
-        self.proj = FusedLinear(*fold_linear_norm(proj), device, dtype, pack)
+        self.proj = FusedLinear(*fold_linear_norm(proj), target)
         if self.shrinking:
             down, q = _expect_sequence(attn.q, [Subsample, LinearNorm])
-            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.kv, LinearNorm)), device,
-                                   dtype, pack)
-            self.q = FusedLinear(*fold_linear_norm(q), device, dtype, pack)
+            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.kv, LinearNorm)), target)
+            self.q = FusedLinear(*fold_linear_norm(q), target)
             self.stride, self.resolution = down.stride, down.resolution
         else:
-            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.qkv, LinearNorm)), device,
-                                   dtype, pack)
+            self.qkv = FusedLinear(*fold_linear_norm(_expect(attn.qkv, LinearNorm)), target)
 
     def __call__(self, x, kernels):
         views = split_heads(kernels.linear(self.qkv, x), self.heads, self.head_parts)
         parts = dict(zip(self.head_parts, views))
         if self.shrinking:
+            # The subsampled queries' input stays a strided view of x: the GPU linear reads it
+            # in place (the CPU launchers copy it).
             batch, _, channels = x.shape
             grid = x.view(batch, self.resolution[0], self.resolution[1], channels)
-            x_sub = grid[:, ::self.stride, ::self.stride].reshape(batch, -1, channels)
-            (parts["q"],) = split_heads(kernels.linear(self.q, x_sub), self.heads,
-                                        {"q": self.key_dim})
+            q_in = kernels.linear(self.q, grid[:, ::self.stride, ::self.stride])
+            (parts["q"],) = split_heads(q_in.flatten(1, 2), self.heads, {"q": self.key_dim})
         out = kernels.attention(parts["q"], parts["k"], parts["v"], self.bias, self.scale, True)
         return kernels.linear(self.proj, out, None if self.shrinking else x)
 
@@ -238,39 +276,44 @@ class FusedPlan:
     """Everything the fused forward reads, folded from one model on one device and dtype.
 
     Building one checks that every layer the plain forward would run is one the plan folds
-    (else UnsupportedModel). pack=False leaves the CPU weights unpacked and builds no CPU
-    program: what torch.export traces, where the plan is built inside the exported graph."""
+    (else UnsupportedModel). `kernels` is the kernel family (default: the device's, KERNELS).
+    pack=False leaves the CPU weights unpacked and builds no CPU program: what torch.export
+    traces, where the plan is built inside the exported graph."""
 
-    def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype, pack=True):
-        self.device, self.dtype = device, dtype
+    def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype,
+                 kernels: Optional[str] = None, pack: bool = True):
+        target = Target(device, dtype, kernels or KERNELS[device.type], pack)
+        self.device, self.dtype, self.kernels = device, dtype, target.kernels
         if (type(model).forward_features is not LeViT.forward_features
                 or type(model).forward_head is not LeViT.forward_head):
             raise UnsupportedModel(model, "overrides forward_features or forward_head")
         with _pruned(model):
-            self._fold(model, device, dtype, pack)
+            self._fold(model, target)
+        self.backend = None      # "gpu" plans: their GpuLaunchers (gpu_backend.py)
+        self.graphs = None       # and their CUDA-graph replays (cuda_graphs.py)
 
-    def _fold(self, model, device, dtype, pack):
+    def _fold(self, model, target: Target):
         stem = _expect_sequence(_expect(model.stem, Stem16),
                                 [ConvNorm, nn.Hardswish] * 3 + [ConvNorm])
-        self.stem = [FusedConv(conv, device, dtype, pack) for conv in stem[::2]]
+        self.stem = [FusedConv(conv, target) for conv in stem[::2]]
         self.layers: List = []
         for stage in _expect_sequence(model.stages, [LevitStage] * len(model.stages)):
             if isinstance(stage.downsample, nn.Identity):
                 _expect(stage.downsample, nn.Identity)
             else:
                 down = _expect(stage.downsample, LevitDownsample)
-                self.layers.append(FusedAttention(down.attn_downsample, device, dtype, pack))
-                self.layers.append(FusedMlp(down.mlp, device, dtype, pack))
+                self.layers.append(FusedAttention(down.attn_downsample, target))
+                self.layers.append(FusedMlp(down.mlp, target))
             for block in _expect_sequence(stage.blocks, [LevitBlock] * len(stage.blocks)):
-                self.layers.append(FusedAttention(block.attn, device, dtype, pack))
-                self.layers.append(FusedMlp(block.mlp, device, dtype, pack))
-        self.head: Optional[FusedLinear] = self._fold_heads(model, device, dtype, pack)
+                self.layers.append(FusedAttention(block.attn, target))
+                self.layers.append(FusedMlp(block.mlp, target))
+        self.head: Optional[FusedLinear] = self._fold_heads(model, target)
         in_channels = model.stem.conv1.linear.in_channels
-        self.program = (self._cpu_program(in_channels, model.img_size)
-                        if pack and device.type == "cpu" else None)
+        self.program = (self._cpu_program(in_channels, model.img_size) if target.packs_cpu
+                        else None)
 
     @staticmethod
-    def _fold_heads(model, device, dtype, pack) -> Optional[FusedLinear]:
+    def _fold_heads(model, target: Target) -> Optional[FusedLinear]:
         """The classifier; with distillation, eval averages both heads: average their weights.
         None (pooled features) when the heads are nn.Identity."""
         heads = [fold_head(model.head)]
@@ -282,7 +325,7 @@ class FusedPlan:
             raise UnsupportedModel(model, "has one classifier head and one nn.Identity head")
         weight = sum(w for w, _ in heads) / len(heads)
         bias = sum(b for _, b in heads) / len(heads)
-        return FusedLinear(weight, bias, device, dtype, pack)
+        return FusedLinear(weight, bias, target)
 
     def _cpu_program(self, in_channels: int, img_size) -> cpu.ForwardProgram:
         """These layers as one cpu.ForwardProgram (what PROGRAM runs)."""
@@ -367,7 +410,8 @@ TORCH_OPS = _TorchOps()
 
 class Launchers(_LayerByLayer):
     """Eager, layer by layer: the launchers of ops/cpu.py (prepared, checked-once layers) or
-    ops/gpu/ directly, without the torch.ops dispatcher's per-call cost."""
+    ops/gpu/ directly, without the torch.ops dispatcher's per-call cost. (The fused model runs
+    "gpu" plans on gpu_backend.GpuLaunchers.)"""
 
     def __init__(self, device: torch.device):
         self.kernels = ops.launchers(device)

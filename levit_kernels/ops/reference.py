@@ -52,3 +52,15 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     """LeViT's residual MLP: x + (hardswish(x @ w1^T + b1) @ w2^T + b2)."""
     hidden = linear(x, w1, b1, activation="hardswish")
     return linear(hidden, w2, b2, residual=x)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int,
+           padding: int, activation: str = "none") -> torch.Tensor:
+    """act(conv2d(x, weight, bias)) in NHWC: x (B, H, W, Cin) -> (B, Ho, Wo, Cout), weight
+    (Cout, Cin, kh, kw) -- a stem convolution (BN folded) with its Hardswish."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    out = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, stride=stride, padding=padding)
+    if activation == "hardswish":
+        out = F.hardswish(out)
+    return out.permute(0, 2, 3, 1)
