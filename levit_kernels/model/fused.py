@@ -71,6 +71,10 @@ class FusedLeViT(LeViT):
             return super().forward(x)
         dtype = _compute_dtype(self, x)
         kernels = self._kernels_for(x.device)
+        if self._kernels and not kernels and x.device.type in KERNELS:
+            raise ValueError(f"images: use_kernels({self._kernels!r}) runs kernels that do not "
+                             f"take {x.device.type} tensors; call model.use_kernels(None) for "
+                             f"the device's own")
         if not _kernels_support(kernels, dtype):
             _warn_once(("dtype", x.device.type, dtype),
                        f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
@@ -112,8 +116,9 @@ class FusedLeViT(LeViT):
         return self
 
     def _kernels_for(self, device: torch.device) -> str:
-        """The kernel family for tensors on `device` ("" where there is none: meta...)."""
-        if device.type not in KERNELS:
+        """The kernel family for tensors on `device`: "" where there is none (meta, or the C++
+        kernels forced by use_kernels("cpu") on CUDA tensors, which they cannot read)."""
+        if device.type not in KERNELS or (self._kernels == "cpu" and device.type != "cpu"):
             return ""
         return self._kernels or KERNELS[device.type]
 

@@ -22,7 +22,6 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import ImageSize, LeViTConfig, get_config, to_2tuple
 

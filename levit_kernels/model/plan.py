@@ -122,7 +122,7 @@ class Target:
 
     @property
     def packs_cpu(self) -> bool:
-        return self.pack and self.kernels == "cpu"
+        return self.pack and self.kernels == "cpu" and self.device.type == "cpu"
 
 
 # -- BatchNorm folding (in float64, rounded once to the plan's dtype) --------------------------
@@ -212,9 +212,10 @@ class FusedConv:
         self.bias = bias.to(device=target.device, dtype=target.dtype).contiguous()
         self.cpu = (cpu.PackedConv(self.weight, self.bias, self.stride, self.padding)
                     if target.packs_cpu else None)
-        # (Cout, Cin, kh, kw) -> (Cout, kh*kw*Cin), ci fastest (ops/gpu/conv.py reads this)
-        self.matrix = (self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
-                       .contiguous() if target.kernels == "gpu" else None)
+        self.matrix = None
+        if target.kernels == "gpu":
+            from ..ops.gpu.conv import conv_weight_matrix      # imports Triton: only when needed
+            self.matrix = conv_weight_matrix(self.weight)
 
 
 class FusedMlp:
@@ -276,13 +277,14 @@ class FusedPlan:
     """Everything the fused forward reads, folded from one model on one device and dtype.
 
     Building one checks that every layer the plain forward would run is one the plan folds
-    (else UnsupportedModel). `kernels` is the kernel family (default: the device's, KERNELS).
+    (else UnsupportedModel). `kernels` is the kernel family (default: the device's, KERNELS;
+    none on the meta device, where a plan only holds the folded tensors' shapes).
     pack=False leaves the CPU weights unpacked and builds no CPU program: what torch.export
     traces, where the plan is built inside the exported graph."""
 
     def __init__(self, model: LeViT, device: torch.device, dtype: torch.dtype,
                  kernels: Optional[str] = None, pack: bool = True):
-        target = Target(device, dtype, kernels or KERNELS[device.type], pack)
+        target = Target(device, dtype, kernels or KERNELS.get(device.type, ""), pack)
         self.device, self.dtype, self.kernels = device, dtype, target.kernels
         if (type(model).forward_features is not LeViT.forward_features
                 or type(model).forward_head is not LeViT.forward_head):

@@ -57,7 +57,7 @@ class Processes:
         self.local_rank = _env_int("LOCAL_RANK", 0)
         self.local_world = _env_int("LOCAL_WORLD_SIZE", 1)
         if not 0 <= self.rank < self.world or not 0 <= self.local_rank < self.local_world:
-            raise UsageError(f"inconsistent torchrun environment: "
+            raise UsageError("inconsistent torchrun environment: "
                              + ", ".join(f"{k}={os.environ.get(k)}" for k in _ENV))
         if device == "cuda":
             if not torch.cuda.is_available():

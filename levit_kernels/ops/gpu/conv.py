@@ -29,7 +29,7 @@ from .. import checks
 from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
                      grouped_tile, hardswish)
 from .linear import prune_gemm
-from .tuning import Config, Tuner, gemm_interpret, pow2
+from .tuning import Config, Tuner, gemm_interpret
 
 
 @triton.jit
