@@ -104,3 +104,12 @@ def test_the_graph_sees_the_known_edges():
     assert "levit_kernels.model.levit" in edges["levit_kernels.model.fused"]
     assert "levit_kernels.ops.cpu" in edges["levit_kernels.model.plan"]          # from ..ops import
     assert "levit_kernels.tools.bench" in edges["levit_kernels.tools.cli"]      # inside a function
+
+
+def test_every_folder_of_python_is_a_package():
+    """setuptools' packages.find (pyproject.toml) ships only folders with an __init__.py: one
+    without is in an editable install (as a namespace) and missing from a wheel."""
+    folders = {p.parent for p in PACKAGE.rglob("*.py")}
+    missing = sorted(str(f.relative_to(PACKAGE.parent)) for f in folders
+                     if not (f / "__init__.py").exists())
+    assert not missing, f"no __init__.py in {missing}"
