@@ -23,13 +23,20 @@ from __future__ import annotations
 import torch
 
 from ..ops import checks
-from .plan import FusedAttention, FusedConv, FusedLinear, FusedMlp, FusedPlan
+from .plan import FusedConv, FusedLinear, FusedMlp, FusedPlan, LayerByLayer
 
 
-class GpuLaunchers:
+class GpuLaunchers(LayerByLayer):
     """Runs a "gpu" plan (kept on the plan as plan.backend: it remembers which input shapes
     were validated). The first forward of a shape goes through a checking twin, so concurrent
-    forwards never share a checking flag."""
+    forwards never share a checking flag. The forward itself is plan.py's layer-by-layer one:
+    NHWC stem (the first conv reads the NCHW images in place and casts them on load)."""
+
+    casts_on_load = True
+
+    @staticmethod
+    def nhwc_stem(plan: FusedPlan) -> bool:
+        return True
 
     def __init__(self, checking: bool = False):
         from ..ops import gpu           # imports Triton
@@ -51,14 +58,9 @@ class GpuLaunchers:
         return out
 
     def forward(self, plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 2, 3, 1)          # NHWC view of the NCHW images
-        for i, conv in enumerate(plan.stem):
-            x = self.conv(conv, x, "hardswish" if i < len(plan.stem) - 1 else "none")
-        x = x.view(x.shape[0], -1, x.shape[-1])   # (B, H, W, C) -> tokens (B, N, C)
-        for layer in plan.layers:
-            x = layer(x, self) if isinstance(layer, FusedAttention) else self.mlp(layer, x)
-        x = x.mean(dim=1)
-        return self.linear(plan.head, x) if plan.head is not None else x
+        """The forward without the per-shape bookkeeping (tools/gpu_static.py records the
+        launches on meta tensors this way)."""
+        return LayerByLayer.run(self, plan, images)
 
     def _empty(self, like: torch.Tensor, shape, what: str, names: str) -> torch.Tensor:
         if self.checking:

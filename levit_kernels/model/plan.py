@@ -360,13 +360,22 @@ class _Program:
 PROGRAM = _Program()
 
 
-class _LayerByLayer:
-    """Runs a plan one layer at a time on this backend's linear / mlp / conv / attention."""
+class LayerByLayer:
+    """Runs a plan one layer at a time on this backend's linear / mlp / conv / attention.
+
+    A backend whose first convolution casts the images as it loads them sets casts_on_load
+    (no separate cast of the whole batch), and one whose stem is NHWC says so in nhwc_stem."""
+
+    casts_on_load = False
+
+    @staticmethod
+    def nhwc_stem(plan: FusedPlan) -> bool:
+        return plan.stem[0].cpu is not None      # the packed CPU stem is NHWC
 
     def run(self, plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(plan.dtype)
-        nhwc = plan.stem[0].cpu is not None
-        if nhwc:                         # the packed CPU stem is NHWC: its output is (B, N, C)
+        x = images if self.casts_on_load else images.to(plan.dtype)
+        nhwc = self.nhwc_stem(plan)
+        if nhwc:                         # an NHWC stem's output is already (B, N, C)
             x = x.permute(0, 2, 3, 1)    # a view: the first conv reads NCHW images in place
         for i, conv in enumerate(plan.stem):
             x = self.conv(conv, x, "hardswish" if i < len(plan.stem) - 1 else "none")
@@ -380,7 +389,7 @@ class _LayerByLayer:
         return self.linear(plan.head, x) if plan.head is not None else x
 
 
-class _TorchOps(_LayerByLayer):
+class _TorchOps(LayerByLayer):
     """Under torch.compile: the registered ops, on the packed weights where there are some."""
 
     @staticmethod
@@ -410,7 +419,7 @@ class _TorchOps(_LayerByLayer):
 TORCH_OPS = _TorchOps()
 
 
-class Launchers(_LayerByLayer):
+class Launchers(LayerByLayer):
     """Eager, layer by layer: the launchers of ops/cpu.py (prepared, checked-once layers) or
     ops/gpu/ directly, without the torch.ops dispatcher's per-call cost. (The fused model runs
     "gpu" plans on gpu_backend.GpuLaunchers.)"""
