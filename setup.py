@@ -8,6 +8,8 @@ editable installs).
 Environment switches:
   LEVIT_BUILD_EXT=0   skip the extension: the package installs as pure Python.
   LEVIT_SANITIZE=1    build with -fsanitize=address,undefined (CMake option LEVIT_SANITIZE).
+  LEVIT_EMULATE_AVX512=1  test builds only: the AVX-512 and AVX512_BF16 kernels run on an AVX2
+                      CPU through SIMDe (CMake option LEVIT_EMULATE_AVX512, csrc/avx512_emulation.h).
   LEVIT_BUILD_TYPE    CMake build type (default Release).
   CMAKE_BUILD_PARALLEL_LEVEL  passed through to the build step.
 """
@@ -67,6 +69,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={build_type}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DLEVIT_SANITIZE={'ON' if os.environ.get('LEVIT_SANITIZE') == '1' else 'OFF'}",
+            f"-DLEVIT_EMULATE_AVX512={'ON' if os.environ.get('LEVIT_EMULATE_AVX512') == '1' else 'OFF'}",
         ]
         if _works("ninja"):
             cmake_args += ["-G", "Ninja"]

@@ -54,6 +54,10 @@ Features detect() {
     f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // leaf 7 subleaf 1 EAX bit 5: AVX512_BF16
   }
 #endif
+#if defined(LEVIT_EMULATE_AVX512)
+  // Test build (avx512_emulation.h): the AVX-512 files are portable code compiled for AVX2.
+  f.avx512 = f.avx512_bf16 = f.avx2;
+#endif
   return f;
 }
 
@@ -161,6 +165,14 @@ bool set_isa(Isa isa) {
 const std::string& isa_note() {
   active();  // make sure the initial choice (and its note) has been made
   return note();
+}
+
+const char* isa_emulation() {
+#if defined(LEVIT_EMULATE_AVX512)
+  return "AVX-512 and AVX512_BF16 emulated by SIMDe on AVX2 (a test build, not for speed)";
+#else
+  return "";
+#endif
 }
 
 const std::string& isa_warning() {

@@ -32,5 +32,6 @@ Isa active_isa();                    // the path kernels dispatch to now
 bool set_isa(Isa isa);               // false (and no change) if unsupported
 const std::string& isa_note();       // why the active path is what it is
 const std::string& isa_warning();    // why LEVIT_CPU_ISA was not honoured ("" when it was)
+const char* isa_emulation();         // "" except in test builds that emulate an ISA (avx512_emulation.h)
 
 }  // namespace levit

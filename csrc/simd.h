@@ -17,6 +17,9 @@
 #pragma once
 
 #include <immintrin.h>
+#if defined(LEVIT_EMULATE_AVX512)
+#include "avx512_emulation.h"  // test builds: AVX-512 from portable code (CMake LEVIT_EMULATE_AVX512)
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -33,7 +36,7 @@ constexpr float kLn2Lo = -2.12194440e-4f;
 constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
                 kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(LEVIT_EMULATE_AVX512)
 struct Avx512 {
   using vec = __m512;
   using mask = __mmask16;

@@ -195,6 +195,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("bf16_path", [] { return std::string(levit::bf16_path()); },
         "What the bf16 kernels run on the active path.");
   m.def("available_isas", &levit::available_isas, "Paths this CPU supports, best first.");
+  m.def("isa_emulation", [] { return std::string(levit::isa_emulation()); },
+        "'' in a real build; what is emulated in a test build (LEVIT_EMULATE_AVX512).");
   m.def("set_isa", &set_isa, py::arg("name"),
         "Switch the kernel path at run time (ValueError if the CPU lacks it).");
   m.def("thread_pool_workers", &levit::thread_pool_workers,

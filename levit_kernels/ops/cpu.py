@@ -41,6 +41,7 @@ __all__ = [
     "pack_conv_weight", "conv2d_packed", "PackedLinear", "PackedMlp", "PackedConv",
     "ForwardProgram", "PANEL",
     "is_available", "unavailable_reason", "isa", "set_isa", "available_isas", "isa_note",
+    "isa_emulation",
     "float32_path", "bf16_path",
 ]
 
@@ -75,6 +76,12 @@ def bf16_path() -> str:
 def available_isas() -> List[str]:
     """The paths this CPU supports, best first."""
     return list(_lib().available_isas())
+
+
+def isa_emulation() -> str:
+    """'' in a real build. In a test build made with LEVIT_EMULATE_AVX512=1, what it emulates:
+    there the AVX-512 paths are portable code on AVX2, right but slow, never to be measured."""
+    return _lib().isa_emulation()
 
 
 def set_isa(name: str) -> None:

@@ -17,6 +17,13 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def _extension_state(cpu) -> str:
+    if not cpu.is_available():
+        return f"missing ({cpu.unavailable_reason()})"
+    emulated = cpu.isa_emulation()
+    return f"built, TEST BUILD: {emulated}" if emulated else "built"
+
+
 def collect() -> Dict[str, str]:
     from ..ops import cpu
     facts = {
@@ -25,7 +32,7 @@ def collect() -> Dict[str, str]:
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {cpu_model_name()}",
         "torch threads": str(torch.get_num_threads()),
-        "cpu extension": "built" if cpu.is_available() else f"missing ({cpu.unavailable_reason()})",
+        "cpu extension": _extension_state(cpu),
         "cpu isa": cpu.isa() if cpu.is_available() else "-",
         # which kernels each dtype runs on that path, and why the path is what it is
         # (the CPU's best, LEVIT_CPU_ISA, or why LEVIT_CPU_ISA was ignored)
