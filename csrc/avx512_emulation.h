@@ -44,48 +44,60 @@
 // Intrinsics SIMDe 0.7.4 lacks, written lane by lane from the Intel definitions.
 namespace levit_emulation {
 
+// Masked loads and stores of 16 lanes of type Lane: only the lanes mask k selects are read or
+// written (masked-off lanes never fault or race, as in hardware); a load zeroes the others.
+template <class Lane, class Vec>
+Vec masked_load(uint32_t k, const void* p) {
+  static_assert(sizeof(Vec) == 16 * sizeof(Lane), "16 lanes");
+  Lane v[16] = {};
+  for (int i = 0; i < 16; ++i)
+    if ((k >> i) & 1) std::memcpy(&v[i], static_cast<const char*>(p) + i * sizeof(Lane), sizeof(Lane));
+  Vec r;
+  std::memcpy(&r, v, sizeof r);
+  return r;
+}
+
+template <class Lane, class Vec>
+void masked_store(void* p, uint32_t k, Vec a) {
+  static_assert(sizeof(Vec) == 16 * sizeof(Lane), "16 lanes");
+  Lane v[16];
+  std::memcpy(v, &a, sizeof v);
+  for (int i = 0; i < 16; ++i)
+    if ((k >> i) & 1) std::memcpy(static_cast<char*>(p) + i * sizeof(Lane), &v[i], sizeof(Lane));
+}
+
 inline simde__m512 maskz_loadu_ps(simde__mmask16 k, const void* p) {
-  float v[16] = {};
-  for (int i = 0; i < 16; ++i)
-    if ((k >> i) & 1) std::memcpy(&v[i], static_cast<const char*>(p) + 4 * i, 4);
-  return simde_mm512_loadu_ps(v);
+  return masked_load<float, simde__m512>(k, p);
 }
-
 inline void mask_storeu_ps(void* p, simde__mmask16 k, simde__m512 a) {
-  float v[16];
-  simde_mm512_storeu_ps(v, a);
-  for (int i = 0; i < 16; ++i)
-    if ((k >> i) & 1) std::memcpy(static_cast<char*>(p) + 4 * i, &v[i], 4);
+  masked_store<float>(p, k, a);
 }
-
 inline simde__m256i maskz_loadu_epi16(simde__mmask16 k, const void* p) {
-  uint16_t v[16] = {};
-  for (int i = 0; i < 16; ++i)
-    if ((k >> i) & 1) std::memcpy(&v[i], static_cast<const char*>(p) + 2 * i, 2);
-  return simde_mm256_loadu_si256(v);
+  return masked_load<uint16_t, simde__m256i>(k, p);
 }
-
 inline void mask_storeu_epi16(void* p, simde__mmask16 k, simde__m256i a) {
-  uint16_t v[16];
-  simde_mm256_storeu_si256(v, a);
-  for (int i = 0; i < 16; ++i)
-    if ((k >> i) & 1) std::memcpy(static_cast<char*>(p) + 2 * i, &v[i], 2);
+  masked_store<uint16_t>(p, k, a);
 }
 
-inline simde__m256i cvtepi32_epi16(simde__m512i a) {  // vpmovdw: truncate each lane to 16 bits
-  uint32_t in[16];
-  uint16_t out[16];
-  simde_mm512_storeu_si512(in, a);
-  for (int i = 0; i < 16; ++i) out[i] = static_cast<uint16_t>(in[i]);
-  return simde_mm256_loadu_si256(out);
+// Each of 16 lanes converted from In to Out (truncation or zero extension, by the types).
+template <class Out, class In, class Result, class Arg>
+Result convert_lanes(Arg a) {
+  static_assert(sizeof(Arg) == 16 * sizeof(In) && sizeof(Result) == 16 * sizeof(Out), "16 lanes");
+  In in[16];
+  Out out[16];
+  std::memcpy(in, &a, sizeof in);
+  for (int i = 0; i < 16; ++i) out[i] = static_cast<Out>(in[i]);
+  Result r;
+  std::memcpy(&r, out, sizeof r);
+  return r;
+}
+
+inline simde__m256i cvtepi32_epi16(simde__m512i a) {  // vpmovdw: keep each lane's low 16 bits
+  return convert_lanes<uint16_t, uint32_t, simde__m256i>(a);
 }
 
 inline simde__m512i cvtepu16_epi32(simde__m256i a) {  // vpmovzxwd: zero-extend
-  uint16_t in[16];
-  uint32_t out[16];
-  simde_mm256_storeu_si256(in, a);
-  for (int i = 0; i < 16; ++i) out[i] = in[i];
-  return simde_mm512_loadu_si512(out);
+  return convert_lanes<uint32_t, uint16_t, simde__m512i>(a);
 }
 
 inline simde__m256 extractf32x8_ps(simde__m512 a, int imm) {
