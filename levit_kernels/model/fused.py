@@ -75,13 +75,7 @@ class FusedLeViT(LeViT):
             raise ValueError(f"images: use_kernels({self._kernels!r}) runs kernels that do not "
                              f"take {x.device.type} tensors; call model.use_kernels(None) for "
                              f"the device's own")
-        if not _kernels_support(kernels, dtype):
-            _warn_once(("dtype", x.device.type, dtype),
-                       f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
-                       f"{x.device.type}: the fused kernels take "
-                       f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
-            return super().forward(x)
-        if kernels == "cpu" and _extension_missing(x):
+        if not _kernels_run(kernels, x.device, dtype, warn=True):
             return super().forward(x)
         if torch.compiler.is_compiling():
             return self._traced_forward(x, dtype)
@@ -187,9 +181,8 @@ class FusedLeViT(LeViT):
         param = next(self.parameters(), None)
         if param is None:
             return
-        kernels = self._kernels_for(param.device)
-        if (self.training or not _kernels_support(kernels, param.dtype)
-                or (kernels == "cpu" and _extension_missing(param, warn=False))):
+        if self.training or not _kernels_run(self._kernels_for(param.device), param.device,
+                                             param.dtype, warn=False):
             return
         self._build_plan(param.device, param.dtype)
 
@@ -360,21 +353,27 @@ def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _kernels_support(kernels: str, dtype: torch.dtype) -> bool:
-    return dtype in KERNEL_DTYPES.get(kernels, ())
+def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn: bool) -> bool:
+    """Whether kernel family `kernels` can run a fused forward on `device` in `dtype`: it takes
+    that dtype and, for the C++ kernels, the extension is built. The forward asks with
+    `warn` (the plain layers then run, and the user is told why once per reason); the
+    lifecycle hooks ask silently, to decide whether to build the plan ahead of time."""
+    if dtype not in KERNEL_DTYPES.get(kernels, ()):
+        if warn:
+            _warn_once(("dtype", device.type, dtype),
+                       f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
+                       f"{device.type}: the fused kernels take "
+                       f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
+        return False
+    if kernels == "cpu" and device.type == "cpu" and not cpu.is_available():
+        if warn:
+            _warn_once("extension", f"LeViT(fused=True) runs the plain PyTorch path on CPU: "
+                                    f"{cpu.unavailable_reason()}")
+        return False
+    return True
 
 
 def _warn_once(key, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def _extension_missing(tensor: torch.Tensor, warn: bool = True) -> bool:
-    """True (and a one-time warning) when CPU tensors cannot use the C++ kernels."""
-    if tensor.device.type != "cpu" or cpu.is_available():
-        return False
-    if warn:
-        _warn_once("extension", f"LeViT(fused=True) runs the plain PyTorch path on CPU: "
-                                f"{cpu.unavailable_reason()}")
-    return True
