@@ -17,7 +17,10 @@
 // Nothing past Nk (bias, scores) or Dv (v, out) is touched: tails use masked loads/stores.
 // bf16 inputs (T = bf16) are widened where they are copied anyway (Kᵀ, packed V; the q rows
 // of a block into a small float32 buffer) and where bias is loaded; outputs are rounded once
-// on the store. Reference: levit_kernels/ops/reference.py::attention / ::attention_probs.
+// on the store. How steps 1, 2 and 4 form their products is the policy K: WidenedProducts
+// (below: float32 FMAs, every ISA) or the AVX512_BF16 path's DotProducts (bf16 pairs,
+// vdpbf16ps; attention_avx512bf16.cpp). Reference: levit_kernels/ops/reference.py::attention
+// / ::attention_probs.
 #pragma once
 
 #include <algorithm>
@@ -33,15 +36,97 @@ namespace {
 
 template <class T>
 struct Rows {  // a run of query rows: a block, or one group of R rows inside it
-  const float* q;     // q[b, h, i0] (float32: bf16 q rows are widened per block)
+  const float* q;     // q[b, h, i0] as float32 (bf16 q rows widened per block; Widened only)
   int64_t q_sn;
+  const T* qt;        // the same rows as stored (DotProducts reads bf16 pairs from them)
+  int64_t qt_sn;
   const T* bias;      // bias[h, i0, 0]
   float* s;           // scores/probabilities, one row of nkp floats per query
   int64_t nkp;
   float* inv;         // 1 / row sum, one per query
+  bf16* p;            // DotProducts: e = exp(s - max) rounded to bf16, nkp per row; else null
 
   Rows from(int64_t r0, int64_t nk) const {  // the rows starting r0 rows further on
-    return {q + r0 * q_sn, q_sn, bias + r0 * nk, s + r0 * nkp, nkp, inv + r0};
+    return {q ? q + r0 * q_sn : nullptr, q_sn, qt + r0 * qt_sn, qt_sn, bias + r0 * nk,
+            s + r0 * nkp, nkp, inv + r0, p ? p + r0 * nkp : nullptr};
+  }
+};
+
+// How the scores and P·V form their products. WidenedProducts: float32 FMAs on float32
+// copies — Kᵀ (Dk × Nk') and V in column blocks — with bf16 widened as it is copied; every
+// ISA, and float32. The AVX512_BF16 path's DotProducts (attention_avx512bf16.cpp) multiplies
+// bf16 pairs with vdpbf16ps instead. Buffer sizes are in floats (4-byte slots).
+struct WidenedProducts {
+  static constexpr bool kRoundsP = false;  // P·V reads the float32 e = exp(s - max)
+  static int64_t k_floats(int64_t dk, int64_t nkp) { return dk * nkp; }
+  static int64_t v_floats(int64_t nk, int64_t dvp) { return nk * dvp; }
+  // The packed V's column block starting at column d0 (blocks of width·Nk floats).
+  static const float* v_slab(const float* vp, int64_t d0, int64_t nk) { return vp + d0 * nk; }
+
+  // Kᵀ with zero columns past Nk (their scores are replaced by -inf anyway).
+  template <class T>
+  static void pack_k(const T* kb, int64_t k_sn, int64_t nk, int64_t dk, int64_t nkp, float* kt) {
+    for (int64_t d = 0; d < dk; ++d) std::fill(kt + d * nkp + nk, kt + (d + 1) * nkp, 0.0f);
+    for (int64_t j = 0; j < nk; ++j)
+      for (int64_t d = 0; d < dk; ++d) kt[d * nkp + j] = to_float(kb[j * k_sn + d]);
+  }
+
+  // V copied once into column blocks of `block` floats, [block][j][block], zero-padded past
+  // Dv: each P·V pass then streams one contiguous Nk × block slab (hardware-prefetch
+  // friendly; rows of a packed qkv tensor are 2-6 KB apart, beyond the L1 stride
+  // prefetcher's reach). A tail block narrower than `block` uses its own width, matching the
+  // smaller DB of block_pass.
+  template <class T>
+  static void pack_v(const T* vb, int64_t v_sn, int64_t nk, int64_t dv, int64_t dvp,
+                     int64_t block, float* vp) {
+    for (int64_t d0 = 0; d0 < dvp; d0 += block) {
+      const int64_t width = std::min<int64_t>(block, dvp - d0);
+      const int64_t valid = std::min(width, dv - d0);
+      float* dst = vp + d0 * nk;
+      for (int64_t j = 0; j < nk; ++j) {
+        const T* src = vb + j * v_sn + d0;
+        std::transform(src, src + valid, dst + j * width, [](T x) { return to_float(x); });
+        std::fill(dst + j * width + valid, dst + (j + 1) * width, 0.0f);
+      }
+    }
+  }
+
+  // acc[r][c] = Σ_d q[r, d]·Kᵀ[d, j0 + c·W + lane]
+  template <class V, class T, int R, int JB>
+  static void scores(typename V::vec (&acc)[R][JB], const AttnArgsT<T>& a, const Rows<T>& rw,
+                     const float* kt, int64_t j0) {
+    using vec = typename V::vec;
+    constexpr int W = V::W;
+    for (int64_t d = 0; d < a.dk; ++d) {
+      vec kv[JB];
+#pragma GCC unroll 8
+      for (int c = 0; c < JB; ++c) kv[c] = V::load(kt + d * rw.nkp + j0 + c * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const vec qa = V::set1(rw.q[r * rw.q_sn + d]);
+#pragma GCC unroll 8
+        for (int c = 0; c < JB; ++c) acc[r][c] = V::fma(qa, kv[c], acc[r][c]);
+      }
+    }
+  }
+
+  // acc[r][c] = Σ_j e[r, j]·V[j, c·W + lane] over one slab (rows of DB·W floats).
+  template <class V, class T, int R, int DB>
+  static void pv(typename V::vec (&acc)[R][DB], const AttnArgsT<T>& a, const Rows<T>& rw,
+                 const float* vp) {
+    using vec = typename V::vec;
+    constexpr int W = V::W;
+    for (int64_t j = 0; j < a.nk; ++j) {
+      vec vv[DB];
+#pragma GCC unroll 8
+      for (int c = 0; c < DB; ++c) vv[c] = V::load(vp + j * DB * W + c * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const vec p = V::set1(rw.s[r * rw.nkp + j]);
+#pragma GCC unroll 8
+        for (int c = 0; c < DB; ++c) acc[r][c] = V::fma(p, vv[c], acc[r][c]);
+      }
+    }
   }
 };
 
@@ -54,7 +139,7 @@ inline void with_count(int64_t n, F&& f) {
 }
 
 // S[r, j0 : j0 + JB·W] for R rows.
-template <class V, class T, int R, int JB>
+template <class V, class T, class K, int R, int JB>
 inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* kt, int64_t j0) {
   using vec = typename V::vec;
   constexpr int W = V::W;
@@ -63,17 +148,7 @@ inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* k
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < JB; ++c) acc[r][c] = V::zero();
-  for (int64_t d = 0; d < a.dk; ++d) {
-    vec kv[JB];
-#pragma GCC unroll 8
-    for (int c = 0; c < JB; ++c) kv[c] = V::load(kt + d * rw.nkp + j0 + c * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const vec qa = V::set1(rw.q[r * rw.q_sn + d]);
-#pragma GCC unroll 8
-      for (int c = 0; c < JB; ++c) acc[r][c] = V::fma(qa, kv[c], acc[r][c]);
-    }
-  }
+  K::template scores<V, T, R, JB>(acc, a, rw, kt, j0);
   const vec scale = V::set1(a.scale), ninf = V::set1(-std::numeric_limits<float>::infinity());
 #pragma GCC unroll 8
   for (int c = 0; c < JB; ++c) {
@@ -91,7 +166,7 @@ inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* k
 }
 
 // O[r, d0 : d0 + DB·W] = Σ_j P[r, j] · V[j, d0 : ...], then ·1/sum, Hardswish, store.
-template <class V, class T, int R, int DB>
+template <class V, class T, class K, int R, int DB>
 inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, T* out,
                      int64_t ldo, int64_t d0) {
   using vec = typename V::vec;
@@ -102,18 +177,7 @@ inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < DB; ++c) acc[r][c] = V::zero();
-  // vp: this column block of the packed V, rows of DB·W floats (zero-padded past Dv).
-  for (int64_t j = 0; j < a.nk; ++j) {
-    vec vv[DB];
-#pragma GCC unroll 8
-    for (int c = 0; c < DB; ++c) vv[c] = V::load(vp + j * DB * W + c * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const vec p = V::set1(rw.s[r * rw.nkp + j]);
-#pragma GCC unroll 8
-      for (int c = 0; c < DB; ++c) acc[r][c] = V::fma(p, vv[c], acc[r][c]);
-    }
-  }
+  K::template pv<V, T, R, DB>(acc, a, rw, vp);  // vp: this column block of the packed V
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     const vec inv = V::set1(rw.inv[r]);
@@ -129,16 +193,23 @@ inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, 
 }
 
 // Softmax of one score row in place: e = exp(s - max) (0 for the -inf tail), *inv = 1/Σe;
-// with `probs` set, the normalised row is also written there (Nk floats).
+// with `probs` set, the normalised row is also written there (Nk floats). With `rounded`
+// set (DotProducts), e is rounded to bf16 into it (Nk' values) and the sum is of the
+// rounded values, so the weights P·V multiplies by still sum to exactly 1 after ·inv.
 template <class V, class T>
-inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, T* probs) {
+inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, T* probs,
+                        bf16* rounded = nullptr) {
   constexpr int W = V::W;
   auto mx = V::load(s);
   for (int64_t j = W; j < nkp; j += W) mx = V::max(mx, V::load(s + j));
   const auto mxv = V::set1(V::hmax(mx));
   auto sum = V::zero();
   for (int64_t j = 0; j < nkp; j += W) {
-    const auto e = exp<V>(V::sub(V::load(s + j), mxv));
+    auto e = exp<V>(V::sub(V::load(s + j), mxv));
+    if (rounded) {
+      V::store_bf16(rounded + j, e);
+      e = V::load_bf16(rounded + j);
+    }
     sum = V::add(sum, e);
     V::store(s + j, e);
   }
@@ -157,7 +228,7 @@ inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, T* probs)
 // row, then P·V. Loop order is for L1: each Kᵀ strip (Dk × JB·W) is used by every row group
 // of the block before the next strip is touched, and likewise each V slab (Nk × DB·W), so
 // they are read from L2 once per block instead of once per R rows.
-template <class V, class T, int R, int JB, int DB>
+template <class V, class T, class K, int R, int JB, int DB>
 void block_pass(const AttnArgsT<T>& a, const Rows<T>& blk, int64_t rows, const float* kt,
                 const float* vp, T* out, int64_t ldo) {
   constexpr int W = V::W;
@@ -167,25 +238,25 @@ void block_pass(const AttnArgsT<T>& a, const Rows<T>& blk, int64_t rows, const f
       const Rows<T> g = blk.from(r0, a.nk);
       with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
         with_count<JB>(std::min<int64_t>(JB, nvec - c), [&](auto jc) {
-          score_block<V, T, decltype(rc)::value, decltype(jc)::value>(a, g, kt, c * W);
+          score_block<V, T, K, decltype(rc)::value, decltype(jc)::value>(a, g, kt, c * W);
         });
       });
     }
   }
   for (int64_t r = 0; r < rows; ++r)
     softmax_row<V, T>(blk.s + r * blk.nkp, blk.nkp, a.nk, blk.inv + r,
-                   a.probs ? out + r * ldo : nullptr);
+                      a.probs ? out + r * ldo : nullptr, blk.p ? blk.p + r * blk.nkp : nullptr);
   if (a.probs) return;
 
   const int64_t dvec = (a.dv + W - 1) / W;
   for (int64_t d = 0; d < dvec; d += DB) {
-    const float* slab = vp + d * W * a.nk;
+    const float* slab = K::v_slab(vp, d * W, a.nk);
     for (int64_t r0 = 0; r0 < rows; r0 += R) {
       const Rows<T> g = blk.from(r0, a.nk);
       with_count<R>(std::min<int64_t>(R, rows - r0), [&](auto rc) {
         with_count<DB>(std::min<int64_t>(DB, dvec - d), [&](auto dc) {
-          pv_block<V, T, decltype(rc)::value, decltype(dc)::value>(a, g, slab, out + r0 * ldo,
-                                                                    ldo, d * W);
+          pv_block<V, T, K, decltype(rc)::value, decltype(dc)::value>(a, g, slab,
+                                                                       out + r0 * ldo, ldo, d * W);
         });
       });
     }
@@ -220,7 +291,7 @@ inline const float* q_rows(const AttnArgsT<bf16>& a, int64_t b, int64_t h, int64
   return buf;
 }
 
-template <class V, class T, int R, int JB, int DB>
+template <class V, class T, int R, int JB, int DB, class K = WidenedProducts>
 void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* next) {
   const int64_t b = cur.b, h = cur.h, i0 = cur.i0, i1 = cur.i1;
   constexpr int W = V::W;
@@ -230,42 +301,26 @@ void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* 
   // slab (Nk × DB·W) share L1.
   constexpr int64_t kMaxGroups = 8;
   const int64_t rb = R * std::clamp<int64_t>(12 * 1024 / (R * nkp * 4), 1, kMaxGroups);
+  const bool round_p = K::kRoundsP && !a.probs;
   float inv[R * kMaxGroups];
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(a.dk * nkp + rb * nkp + a.nk * dvp + rb * a.dk);
+  const int64_t k_size = K::k_floats(a.dk, nkp), v_size = a.probs ? 0 : K::v_floats(a.nk, dvp);
+  const int64_t p_size = round_p ? rb * nkp / 2 : 0;  // rb × nkp bf16 (nkp is even)
+  const size_t need = static_cast<size_t>(k_size + rb * nkp + v_size + rb * a.dk + p_size);
   if (buf.size() < need) buf.resize(need);
   float* kt = buf.data();
-  float* vp = kt + a.dk * nkp + rb * nkp;
-  float* qbuf = vp + a.nk * dvp;  // a block's q rows, widened (bf16 only)
+  float* vp = kt + k_size + rb * nkp;
+  float* qbuf = vp + v_size;  // a block's q rows, widened (bf16 with WidenedProducts only)
+  bf16* pbuf = round_p ? reinterpret_cast<bf16*>(qbuf + rb * a.dk) : nullptr;
 
-  // Kᵀ with zero columns past Nk (their scores are replaced by -inf anyway).
-  const T* kb = a.k + b * a.k_sb + h * a.k_sh;
-  for (int64_t d = 0; d < a.dk; ++d) std::fill(kt + d * nkp + a.nk, kt + (d + 1) * nkp, 0.0f);
-  for (int64_t j = 0; j < a.nk; ++j)
-    for (int64_t d = 0; d < a.dk; ++d) kt[d * nkp + j] = to_float(kb[j * a.k_sn + d]);
-
-  // V copied once into column blocks of DB·W floats, [block][j][DB·W], zero-padded past Dv:
-  // each P·V pass then streams one contiguous Nk × DB·W slab (hardware-prefetch friendly;
-  // rows of a packed qkv tensor are 2-6 KB apart, beyond the L1 stride prefetcher's reach).
-  // A tail block narrower than DB·W uses its own width, matching the smaller DB of block_pass.
-  if (!a.probs) {
-    const T* vb = a.v + b * a.v_sb + h * a.v_sh;
-    for (int64_t d0 = 0; d0 < dvp; d0 += DB * W) {
-      const int64_t width = std::min<int64_t>(DB * W, dvp - d0);
-      const int64_t valid = std::min(width, a.dv - d0);
-      float* dst = vp + d0 * a.nk;
-      for (int64_t j = 0; j < a.nk; ++j) {
-        const T* src = vb + j * a.v_sn + d0;
-        std::transform(src, src + valid, dst + j * width, [](T x) { return to_float(x); });
-        std::fill(dst + j * width + valid, dst + (j + 1) * width, 0.0f);
-      }
-    }
-  }
+  K::pack_k(a.k + b * a.k_sb + h * a.k_sh, a.k_sn, a.nk, a.dk, nkp, kt);
+  if (!a.probs) K::pack_v(a.v + b * a.v_sb + h * a.v_sh, a.v_sn, a.nk, a.dv, dvp, DB * W, vp);
 
   Rows<T> blk;
-  blk.s = kt + a.dk * nkp;
+  blk.s = kt + k_size;
   blk.nkp = nkp;
   blk.inv = inv;
+  blk.p = pbuf;
   // The next task's q/k/v rows are prefetched a slice per block, spread over this task.
   const int64_t groups = (i1 - i0 + rb - 1) / rb;
   const bool same_kv = next && next->b == b && next->h == h;
@@ -281,7 +336,9 @@ void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* 
       const int64_t r0 = std::min(next->i1, next->i0 + g * q_per), r1 = std::min(next->i1, r0 + q_per);
       prefetch_rows(a.q + next->b * a.q_sb + next->h * a.q_sh, a.q_sn, a.dk, r0, r1);
     }
-    blk.q = q_rows(a, b, h, i, std::min(rb, i1 - i), qbuf, &blk.q_sn);
+    blk.qt = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
+    blk.qt_sn = a.q_sn;
+    blk.q = K::kRoundsP ? nullptr : q_rows(a, b, h, i, std::min(rb, i1 - i), qbuf, &blk.q_sn);
     blk.bias = a.bias + (h * a.nq + i) * a.nk;
     T* out;
     int64_t ldo;
@@ -292,7 +349,7 @@ void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* 
       out = a.out + (b * a.nq + i) * a.heads * a.dv + h * a.dv;
       ldo = a.heads * a.dv;
     }
-    block_pass<V, T, R, JB, DB>(a, blk, std::min(rb, i1 - i), kt, vp, out, ldo);
+    block_pass<V, T, K, R, JB, DB>(a, blk, std::min(rb, i1 - i), kt, vp, out, ldo);
   }
 }
 

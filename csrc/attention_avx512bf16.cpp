@@ -1,0 +1,124 @@
+// attention_avx512bf16.cpp — bf16 attention on AVX512_BF16's vdpbf16ps (compiled with
+// -mavx512f/dq/bw/vl -mfma -mavx512bf16; only called where CPUID reports AVX512_BF16).
+//
+// The AVX-512 kernel's tiles and memory plan (attention_kernel.h), with DotProducts in place
+// of float32 FMAs on widened copies:
+//   scores  S[r, j] += q[r, 2p]·k[j, 2p] + q[r, 2p+1]·k[j, 2p+1]   one vdpbf16ps per 16 keys
+//           (q's pair broadcast from its bf16 row; Kᵀ packed as pairs, [p][j] 32-bit words);
+//   P·V     O[r, d] += e[r, 2m]·v[2m, d] + e[r, 2m+1]·v[2m+1, d]     one per 16 channels
+//           (e = exp(s - max) rounded to bf16 by the softmax, whose 1/sum is then taken over
+//           the rounded values; V packed as pairs of rows, [m][d] words, per column block).
+// Twice the products per instruction, and half the bytes of Kᵀ and V to copy and stream.
+// Accumulation, the softmax and the epilogue stay float32; the output is rounded once.
+// The one extra rounding, of e, is the rounding PyTorch's own bf16 attention does (its
+// softmax returns bf16), within the bf16 error rule of tests/test_bf16_kernels.py.
+#include <cstring>
+
+#include "attention_kernel.h"
+
+namespace levit {
+namespace {
+
+// The 32-bit word (lo, hi) of two bf16 values: what vdpbf16ps reads as one pair.
+inline uint32_t pair_word(bf16 lo, bf16 hi) {
+  return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16);
+}
+
+inline void put_word(float* slot, uint32_t word) { std::memcpy(slot, &word, 4); }
+
+inline __m512 dot_pairs(__m512 acc, uint32_t a_pair, __m512i b_pairs) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(a_pair)),
+                          (__m512bh)b_pairs);
+}
+
+struct DotProducts {
+  static constexpr bool kRoundsP = true;
+  static int64_t k_floats(int64_t dk, int64_t nkp) { return (dk + 1) / 2 * nkp; }
+  static int64_t v_floats(int64_t nk, int64_t dvp) { return (nk + 1) / 2 * dvp; }
+  static const float* v_slab(const float* vp, int64_t d0, int64_t nk) {
+    return vp + d0 * ((nk + 1) / 2);
+  }
+
+  // Kᵀ as pairs: word [p][j] = (k[j, 2p], k[j, 2p+1]); 0 past Dk (odd Dk) and past Nk.
+  static void pack_k(const bf16* kb, int64_t k_sn, int64_t nk, int64_t dk, int64_t nkp,
+                     float* kt) {
+    const int64_t pairs = (dk + 1) / 2;
+    for (int64_t p = 0; p < pairs; ++p) std::fill(kt + p * nkp + nk, kt + (p + 1) * nkp, 0.0f);
+    for (int64_t j = 0; j < nk; ++j) {
+      const bf16* row = kb + j * k_sn;
+      for (int64_t p = 0; p < pairs; ++p)
+        put_word(kt + p * nkp + j, pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0}));
+    }
+  }
+
+  // V as pairs of rows, in column blocks of `block` channels ([block][m][width] words,
+  // word = (v[2m, d], v[2m+1, d])); 0 past Dv and, for odd Nk, in the last pair's second row.
+  static void pack_v(const bf16* vb, int64_t v_sn, int64_t nk, int64_t dv, int64_t dvp,
+                     int64_t block, float* vp) {
+    const int64_t pairs = (nk + 1) / 2;
+    for (int64_t d0 = 0; d0 < dvp; d0 += block) {
+      const int64_t width = std::min<int64_t>(block, dvp - d0);
+      const int64_t valid = std::min(width, dv - d0);
+      float* dst = vp + d0 * pairs;
+      for (int64_t m = 0; m < pairs; ++m) {
+        const bf16* even = vb + 2 * m * v_sn + d0;
+        const bf16* odd = 2 * m + 1 < nk ? even + v_sn : nullptr;
+        for (int64_t d = 0; d < valid; ++d)
+          put_word(dst + m * width + d, pair_word(even[d], odd ? odd[d] : bf16{0}));
+        std::fill(dst + m * width + valid, dst + (m + 1) * width, 0.0f);
+      }
+    }
+  }
+
+  template <class V, class T, int R, int JB>
+  static void scores(__m512 (&acc)[R][JB], const AttnArgsT<bf16>& a, const Rows<bf16>& rw,
+                     const float* kt, int64_t j0) {
+    // One step per pair of Dk; q's pair for row r comes from pair_of(r).
+    auto step = [&](int64_t p, auto pair_of) {
+      __m512i kv[JB];
+#pragma GCC unroll 8
+      for (int c = 0; c < JB; ++c) kv[c] = _mm512_loadu_si512(kt + p * rw.nkp + j0 + c * 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const uint32_t pair = pair_of(r);
+#pragma GCC unroll 8
+        for (int c = 0; c < JB; ++c) acc[r][c] = dot_pairs(acc[r][c], pair, kv[c]);
+      }
+    };
+    const int64_t full = a.dk / 2;
+    for (int64_t p = 0; p < full; ++p)
+      step(p, [&](int r) {
+        uint32_t pair;
+        std::memcpy(&pair, rw.qt + r * rw.qt_sn + 2 * p, 4);
+        return pair;
+      });
+    if (a.dk % 2)  // the last q value alone, its partner 0 (as in the packed Kᵀ)
+      step(full, [&](int r) { return uint32_t{rw.qt[r * rw.qt_sn + 2 * full].bits}; });
+  }
+
+  template <class V, class T, int R, int DB>
+  static void pv(__m512 (&acc)[R][DB], const AttnArgsT<bf16>& a, const Rows<bf16>& rw,
+                 const float* vp) {
+    // rw.p rows hold Nk' (a multiple of 16) rounded e values, 0 past Nk: every pair is whole.
+    for (int64_t m = 0; m < (a.nk + 1) / 2; ++m) {
+      __m512i vv[DB];
+#pragma GCC unroll 8
+      for (int c = 0; c < DB; ++c) vv[c] = _mm512_loadu_si512(vp + m * DB * 16 + c * 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, rw.p + r * rw.nkp + 2 * m, 4);
+#pragma GCC unroll 8
+        for (int c = 0; c < DB; ++c) acc[r][c] = dot_pairs(acc[r][c], pair, vv[c]);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+AttnKernelT<bf16> attention_kernel_bf16_avx512bf16() {
+  return {&attention_task<Avx512, bf16, 6, 4, 4, DotProducts>, 6};
+}
+
+}  // namespace levit
