@@ -32,7 +32,7 @@ inline __m512 dot_pairs(__m512 acc, uint32_t a_pair, __m512i b_pairs) {
 }
 
 struct DotProducts {
-  static constexpr bool kRoundsP = true;
+  static constexpr bool kMultipliesBf16 = true;  // see WidenedProducts
   static int64_t k_floats(int64_t dk, int64_t nkp) { return (dk + 1) / 2 * nkp; }
   static int64_t v_floats(int64_t nk, int64_t dvp) { return (nk + 1) / 2 * dvp; }
   static const float* v_slab(const float* vp, int64_t d0, int64_t nk) {
@@ -47,7 +47,8 @@ struct DotProducts {
     for (int64_t j = 0; j < nk; ++j) {
       const bf16* row = kb + j * k_sn;
       for (int64_t p = 0; p < pairs; ++p)
-        put_word(kt + p * nkp + j, pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0}));
+        put_word(kt + p * nkp + j,
+                 pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0}));
     }
   }
 
@@ -73,8 +74,8 @@ struct DotProducts {
   // always_inline: GCC 12 otherwise leaves some tail tiles (3×4, 4×3, 5×2) out of line, their
   // accumulators passed through memory.
   template <class V, class T, int R, int JB>
-  [[gnu::always_inline]] static void scores(__m512 (&acc)[R][JB], const AttnArgsT<bf16>& a, const Rows<bf16>& rw,
-                     const float* kt, int64_t j0) {
+  [[gnu::always_inline]] static void scores(__m512 (&acc)[R][JB], const AttnArgsT<bf16>& a,
+                                            const Rows<bf16>& rw, const float* kt, int64_t j0) {
     // One step per pair of Dk; q's pair for row r comes from pair_of(r).
     auto step = [&](int64_t p, auto pair_of) {
       __m512i kv[JB];
@@ -99,8 +100,8 @@ struct DotProducts {
   }
 
   template <class V, class T, int R, int DB>
-  [[gnu::always_inline]] static void pv(__m512 (&acc)[R][DB], const AttnArgsT<bf16>& a, const Rows<bf16>& rw,
-                 const float* vp) {
+  [[gnu::always_inline]] static void pv(__m512 (&acc)[R][DB], const AttnArgsT<bf16>& a,
+                                        const Rows<bf16>& rw, const float* vp) {
     // rw.p rows hold Nk' (a multiple of 16) rounded e values, 0 past Nk: every pair is whole.
     for (int64_t m = 0; m < (a.nk + 1) / 2; ++m) {
       __m512i vv[DB];

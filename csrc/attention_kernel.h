@@ -57,7 +57,9 @@ struct Rows {  // a run of query rows: a block, or one group of R rows inside it
 // ISA, and float32. The AVX512_BF16 path's DotProducts (attention_avx512bf16.cpp) multiplies
 // bf16 pairs with vdpbf16ps instead. Buffer sizes are in floats (4-byte slots).
 struct WidenedProducts {
-  static constexpr bool kRoundsP = false;  // P·V reads the float32 e = exp(s - max)
+  // false: multiplies float32 — q rows widened per block, P·V reads the float32 e = exp(s - max).
+  // true (DotProducts): multiplies bf16 as stored — q read in place, e rounded to bf16.
+  static constexpr bool kMultipliesBf16 = false;
   static int64_t k_floats(int64_t dk, int64_t nkp) { return dk * nkp; }
   static int64_t v_floats(int64_t nk, int64_t dvp) { return nk * dvp; }
   // The packed V's column block starting at column d0 (blocks of width·Nk floats).
@@ -301,17 +303,18 @@ void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* 
   // slab (Nk × DB·W) share L1.
   constexpr int64_t kMaxGroups = 8;
   const int64_t rb = R * std::clamp<int64_t>(12 * 1024 / (R * nkp * 4), 1, kMaxGroups);
-  const bool round_p = K::kRoundsP && !a.probs;
+  const bool round_p = K::kMultipliesBf16 && !a.probs;
   float inv[R * kMaxGroups];
   thread_local std::vector<float> buf;
   const int64_t k_size = K::k_floats(a.dk, nkp), v_size = a.probs ? 0 : K::v_floats(a.nk, dvp);
+  const int64_t q_size = K::kMultipliesBf16 ? 0 : rb * a.dk;  // q rows widened (bf16 only)
   const int64_t p_size = round_p ? rb * nkp / 2 : 0;  // rb × nkp bf16 (nkp is even)
-  const size_t need = static_cast<size_t>(k_size + rb * nkp + v_size + rb * a.dk + p_size);
+  const size_t need = static_cast<size_t>(k_size + rb * nkp + v_size + q_size + p_size);
   if (buf.size() < need) buf.resize(need);
   float* kt = buf.data();
   float* vp = kt + k_size + rb * nkp;
-  float* qbuf = vp + v_size;  // a block's q rows, widened (bf16 with WidenedProducts only)
-  bf16* pbuf = round_p ? reinterpret_cast<bf16*>(qbuf + rb * a.dk) : nullptr;
+  float* qbuf = vp + v_size;
+  bf16* pbuf = round_p ? reinterpret_cast<bf16*>(qbuf + q_size) : nullptr;
 
   K::pack_k(a.k + b * a.k_sb + h * a.k_sh, a.k_sn, a.nk, a.dk, nkp, kt);
   if (!a.probs) K::pack_v(a.v + b * a.v_sb + h * a.v_sh, a.v_sn, a.nk, a.dv, dvp, DB * W, vp);
@@ -338,7 +341,8 @@ void attention_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask* 
     }
     blk.qt = a.q + b * a.q_sb + h * a.q_sh + i * a.q_sn;
     blk.qt_sn = a.q_sn;
-    blk.q = K::kRoundsP ? nullptr : q_rows(a, b, h, i, std::min(rb, i1 - i), qbuf, &blk.q_sn);
+    blk.q = K::kMultipliesBf16 ? nullptr
+                               : q_rows(a, b, h, i, std::min(rb, i1 - i), qbuf, &blk.q_sn);
     blk.bias = a.bias + (h * a.nq + i) * a.nk;
     T* out;
     int64_t ldo;

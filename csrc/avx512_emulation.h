@@ -4,7 +4,7 @@
 //
 // Why: the AVX512_BF16 kernel (gemm_avx512bf16.cpp) and the AVX-512 instantiations of the
 // shared templates can only be compiled, not run, on the AVX2 machines most sessions get. An
-// emulated build runs them through tests/fuzz (tests/test_emulated_avx512.py), so a wrong
+// emulated build runs them through tests/fuzz (tests/test_sanitizers.py), so a wrong
 // pair index, tail mask or lane order shows up before anyone measures on a Zen 4.
 //
 // What it does not check: speed, and the compiler's code for the real instructions. The
@@ -14,8 +14,8 @@
 //
 // Enabled by the CMake option LEVIT_EMULATE_AVX512 (setup.py: LEVIT_EMULATE_AVX512=1), which
 // compiles the *_avx512*.cpp files with AVX2 flags and LEVIT_EMULATE_AVX512 defined, and makes
-// cpu_features.cpp offer both AVX-512 paths wherever AVX2 is present (its isa_note() says
-// "TEST BUILD ... emulated", so levit_kernels.info() shows it).
+// cpu_features.cpp offer both AVX-512 paths wherever AVX2 is present and say so in
+// isa_emulation() (levit_kernels.info(): "cpu extension: built, TEST BUILD: ...").
 #pragma once
 
 #if !defined(__AVX2__) || !defined(__FMA__)

@@ -83,7 +83,7 @@ def _simde(tmp_path_factory) -> Tuple[Optional[Path], str]:
 def fuzz_run(tmp_path_factory):
     """Builds levit_fuzz under ASan + UBSan and runs it once; both tests read that run.
 
-    Returns (output, why the AVX-512 paths are not covered, or "")."""
+    Returns (exit status, output, why the AVX-512 paths are not covered or "")."""
     if not _works("cmake"):
         pytest.skip("cmake is not installed: cannot build the sanitizer fuzzer")
     compilers = [os.environ.get("CXX"), "c++", "g++", "clang++"]
