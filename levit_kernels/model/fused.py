@@ -365,7 +365,7 @@ def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn
                        f"{device.type}: the fused kernels take "
                        f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
         return False
-    if kernels == "cpu" and device.type == "cpu" and not cpu.is_available():
+    if kernels == "cpu" and not cpu.is_available():   # "cpu" kernels only ever get CPU tensors
         if warn:
             _warn_once("extension", f"LeViT(fused=True) runs the plain PyTorch path on CPU: "
                                     f"{cpu.unavailable_reason()}")
