@@ -10,6 +10,7 @@ the stream a CUDA graph capture on that device records).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional
 
@@ -154,13 +155,17 @@ class Runtime:
     def run(kernel, grid, args, kwargs) -> None:
         kernel[grid](*args, **kwargs)
 
-    def launch(self, kernel, grid, args, kwargs, device: torch.device) -> None:
-        """kernel[grid](*args, **kwargs) on `device` and its current stream."""
+    def in_charge(self, device: torch.device):
+        """A context that makes `device` current: a device switch for a CUDA device other
+        than the current one, nothing otherwise."""
         if device.type == "cuda" and device.index is not None \
                 and device.index != self.current_device():
-            with self.use_device(device.index):
-                self.run(kernel, grid, args, kwargs)
-        else:
+            return self.use_device(device.index)
+        return contextlib.nullcontext()
+
+    def launch(self, kernel, grid, args, kwargs, device: torch.device) -> None:
+        """kernel[grid](*args, **kwargs) on `device` and its current stream."""
+        with self.in_charge(device):
             self.run(kernel, grid, args, kwargs)
 
     def launch_tuned(self, tuner, shape: dict, grid, args, consts: dict,
@@ -171,11 +176,7 @@ class Runtime:
             self.launch(tuner.kernel, grid(config), args, {**consts, **config.launch_kwargs()},
                         device)
 
-        if device.type == "cuda" and device.index is not None \
-                and device.index != self.current_device():
-            with self.use_device(device.index):   # tuning times on the right device too
-                run(tuner.pick(shape, device, run))
-        else:
+        with self.in_charge(device):   # tuning times on the right device too
             run(tuner.pick(shape, device, run))
 
 
