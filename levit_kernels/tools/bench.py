@@ -15,7 +15,9 @@ fraction of images whose top-1 class is the float32 plain model's. bfloat16 runs
 (`--dtype bfloat16`, or `--amp` for a float32 model under autocast) with `--compare` time the
 peers a user would pick for bf16 on CPU: OpenVINO at its default precision (bf16 on CPUs with
 native bf16) and pinned to bf16, and timm's LeViT (our plain one without timm) under
-torch.autocast("cpu", torch.bfloat16).
+torch.autocast("cpu", torch.bfloat16); and our own fused model in float32, so that what bf16
+buys over it is a ratio from the same run (benchmarks/cpu_bf16_bar.py judges issue 12's bar
+from these reports).
 """
 from __future__ import annotations
 
@@ -180,9 +182,10 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
     amp_dtype = dtype_t if amp else None
     model_dtype = torch.float32 if amp else dtype_t
     reference, fused, images = make_models(variant, device, model_dtype, batch, img_size)
-    # The same weights in float32 (make_models is seeded): the peers' input model, and the
-    # yardsticks of the accuracy columns.
-    base, _, _ = make_models(variant, "cpu", torch.float32, batch, img_size)
+    # The same weights in float32 (make_models is seeded): the peers' input model, our own
+    # float32 fused model (the yardstick of a bf16 run's speed), and the yardsticks of the
+    # accuracy columns.
+    base, fused_float32, _ = make_models(variant, "cpu", torch.float32, batch, img_size)
 
     providers: Dict[str, Callable[[], Callable]] = {
         "reference": lambda: torch_provider(reference, device_t, amp_dtype),
@@ -200,6 +203,12 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
                                                                 workdir)
         providers["openvino"] = lambda: openvino_provider(reference, images, threads)
     if compare and device_t.type == "cpu" and bf16:
+        # What bf16 buys over our float32, in the same interleaved run (images widened in the
+        # call, as OpenVINO's provider does).
+        def fused_float32_provider():
+            call = torch_provider(fused_float32, device_t)
+            return lambda x: call(x.float())
+        providers["fused float32"] = fused_float32_provider
         providers["openvino (default precision)"] = lambda: openvino_provider(base, images,
                                                                               threads, None)
         providers["openvino bf16"] = lambda: openvino_provider(base, images, threads, "bf16")

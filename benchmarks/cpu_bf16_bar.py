@@ -1,0 +1,204 @@
+"""Issue 12's bar in one command: fused bf16 LeViT against OpenVINO, timm+autocast and our float32.
+
+    python benchmarks/cpu_bf16_bar.py           on a CPU with AVX512_BF16 (Zen 4, Cooper Lake,
+                                                Sapphire Rapids on): ~10 minutes, judges the bar
+    python benchmarks/cpu_bf16_bar.py --quick   anywhere: small images, short timing; checks
+                                                the script end to end, judges nothing
+
+Runs `levit-kernels bench --dtype bfloat16 --compare` (levit_kernels/tools/bench.py) for
+LeViT-128S and LeViT-256, at 1 thread batch 16 and at 2 threads batch 1. Each run times, in
+interleaved rounds: the plain model in bf16, our fused model in bf16 and in float32, OpenVINO
+at its default precision and pinned to bf16, and timm's LeViT under
+torch.autocast("cpu", torch.bfloat16), all on the same weights and images. Then it checks the
+bar, each ratio from one run:
+
+  speed     fused bf16 >= 1.05x the faster of OpenVINO (default precision) and timm+autocast
+  vs f32    fused bf16 >= 1.6x our fused float32                          (batch 16 only)
+  accuracy  fused bf16's relative L2 logit error against float64 <= 1.5x OpenVINO-bf16's
+
+The bar is judged only where the fused model ran the vdpbf16ps kernels of a real (not
+emulated) build and OpenVINO really ran bf16; anywhere else every criterion is reported as
+"not judged", with why, and the numbers are still written. Results: one bench JSON per run and
+verdict.md, with the CPU (model, family, flags), versions and commit, under
+benchmarks/results/cpu_bf16/<cpu>_<date>/. Exit status: 0 bar met, 1 not met, 2 not judged.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = [("LeViT-128S", 1, 16), ("LeViT-128S", 2, 1), ("LeViT-256", 1, 16), ("LeViT-256", 2, 1)]
+PEERS = ("openvino (default precision)", "timm+autocast")
+SPEED_BAR, FLOAT32_BAR, ACCURACY_BAR = 1.05, 1.6, 1.5
+
+
+def cpu_facts() -> Dict[str, str]:
+    """The first processor's lines of /proc/cpuinfo that identify it, and its bf16 flags."""
+    facts: Dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model name": "unknown (no /proc/cpuinfo)"}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key in ("model name", "cpu family", "model", "stepping"):
+            facts[key] = value
+        elif key == "flags":
+            flags = value.split()
+            facts["avx512 / bf16 flags"] = " ".join(
+                f for f in flags if f.startswith("avx512") or f.startswith("amx")) or "none"
+    return facts
+
+
+def peer_versions() -> Dict[str, str]:
+    from importlib import metadata
+    versions = {}
+    for name in ("openvino", "timm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def judge(report: Dict) -> List[Dict]:
+    """Issue 12's criteria on one `run_benchmark` report: [{criterion, value, bound, at_most,
+    met, why}]: met is value >= bound (value <= bound where at_most), None where the report
+    cannot decide it (why says what is missing)."""
+    cfg = report["config"]
+    results = {r["provider"]: r for r in report["results"]}
+    fused = results.get("fused", {})
+    path, extension = cfg.get("cpu bfloat16 path", "-"), cfg.get("cpu extension", "-")
+    native = path.startswith("avx512_bf16") and "TEST BUILD" not in extension
+    not_native = None if native else (
+        f"the fused model ran the '{path}' path ({extension}), not vdpbf16ps on a real build")
+
+    def rate(name) -> Optional[float]:
+        r = results.get(name)
+        return r["images_per_s"] if r and not r.get("error") and r["images_per_s"] > 0 else None
+
+    def verdict(criterion, value, bound, why, at_most=False):
+        met = None if why or value is None else value <= bound if at_most else value >= bound
+        return dict(criterion=criterion, value=value, bound=bound, at_most=at_most, met=met,
+                    why=why or "")
+
+    rows = []
+    ours = rate("fused")
+    peers = {name: rate(name) for name in PEERS}
+    best = max((v for v in peers.values() if v), default=None)
+    missing = ", ".join(f"{n} ({results.get(n, {}).get('error') or 'absent'})"
+                        for n, v in peers.items() if not v)
+    rows.append(verdict(f"speed: fused / max({', '.join(PEERS)})",
+                        ours / best if ours and best else None, SPEED_BAR,
+                        not_native or (f"peer not timed: {missing}" if missing else "")))
+    if cfg["batch"] == 16:
+        f32 = rate("fused float32")
+        rows.append(verdict("vs f32: fused bf16 / fused float32",
+                            ours / f32 if ours and f32 else None, FLOAT32_BAR,
+                            not_native or ("" if f32 else "fused float32 not timed")))
+    ov_bf16 = results.get("openvino bf16", {})
+    ours_err, ov_err = fused.get("rel_l2_vs_float64"), ov_bf16.get("rel_l2_vs_float64")
+    ov_ran_bf16 = ov_bf16.get("note") == "runs bf16"
+    ov_state = ov_bf16.get("note") or ov_bf16.get("error") or "absent"
+    rows.append(verdict("accuracy: fused rel L2 error vs float64 / OpenVINO-bf16's",
+                        ours_err / ov_err if ours_err and ov_err else None, ACCURACY_BAR,
+                        not_native or ("" if ov_ran_bf16 else
+                                       f"OpenVINO pinned to bf16 did not run bf16 ({ov_state})"),
+                        at_most=True))
+    return rows
+
+
+def overall(verdicts: List[List[Dict]]) -> Optional[bool]:
+    """True: every criterion of every run met; False: one judged and missed; None: otherwise."""
+    flat = [v["met"] for rows in verdicts for v in rows]
+    if False in flat:
+        return False
+    return True if flat and all(flat) else None
+
+
+def markdown(env: Dict, reports: List[Dict], verdicts: List[List[Dict]]) -> str:
+    from levit_kernels.tools.bench import format_table
+    result = overall(verdicts)
+    title = {True: "MET", False: "NOT MET", None: "NOT JUDGED"}[result]
+    lines = [f"# Issue 12's bar: {title}",
+             "", *(f"- {k}: {v}" for k, v in env.items()), ""]
+    for report, rows in zip(reports, verdicts):
+        cfg = report["config"]
+        lines += [f"## {cfg['variant']}, {cfg['threads']} thread(s), batch {cfg['batch']}", "",
+                  "```", format_table(report), "```", "",
+                  "| criterion | value | bar | verdict |", "|---|---:|---:|---|"]
+        for v in rows:
+            value = "-" if v["value"] is None else f"{v['value']:.3f}"
+            mark = {True: "met", False: "**not met**", None: f"not judged: {v['why']}"}[v["met"]]
+            lines.append(f"| {v['criterion']} | {value} | {'≤' if v['at_most'] else '≥'} "
+                         f"{v['bound']:.2f} | {mark} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="LeViT-128S only, 128-pixel images, 0.5 s of timing per run: "
+                             "checks the script, judges nothing")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="timing budget per provider and run, split over 5 interleaved "
+                             "rounds (default 15)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_bf16"),
+                        help="parent directory of this run's results")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from levit_kernels.tools.bench import run_benchmark
+
+    runs = [r for r in RUNS if r[0] == "LeViT-128S"] if args.quick else RUNS
+    seconds, img_size = (0.5, 128) if args.quick else (args.seconds, 224)
+    reports, verdicts = [], []
+    for i, (variant, threads, batch) in enumerate(runs, 1):
+        print(f"== run {i}/{len(runs)}: {variant}, {threads} thread(s), batch {batch}",
+              flush=True)
+        report = run_benchmark(variant=variant, batch=batch, threads=threads,
+                               dtype="bfloat16", compare=True, seconds=seconds,
+                               img_size=img_size)
+        rows = judge(report)
+        if args.quick:
+            for v in rows:
+                v["met"], v["why"] = None, "--quick (small images, short timing)"
+        reports.append(report)
+        verdicts.append(rows)
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "commit": git("rev-parse", "HEAD"),
+           "uncommitted changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+           **cpu_facts(), **peer_versions(),
+           **{k: v for k, v in reports[0]["config"].items()     # the threads are per run
+              if k not in ("variant", "batch", "threads", "torch threads", "seconds")}}
+    slug = "quick" if args.quick else "".join(
+        c if c.isalnum() else "_" for c in env.get("model name", "cpu")).strip("_")
+    out = Path(args.out) / f"{slug}_{datetime.date.today().isoformat()}"
+    out.mkdir(parents=True, exist_ok=True)
+    for report in reports:
+        cfg = report["config"]
+        name = f"{cfg['variant']}_t{cfg['threads']}_b{cfg['batch']}.json"
+        (out / name).write_text(json.dumps(report, indent=1))
+    text = markdown(env, reports, verdicts)
+    (out / "verdict.md").write_text(text)
+    print(text)
+    print(f"wrote {out}/")
+    result = overall(verdicts)
+    return 0 if result else 1 if result is False else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
