@@ -314,6 +314,19 @@ def test_weight_gradients_of_fused_logits_are_refused_clearly():
         out.sum().backward()
 
 
+def test_logits_require_grad_when_the_plain_models_do():
+    """Grad mode on: the fused logits require grad exactly when the plain model's do, read
+    afresh on every call (requires_grad_ is no edit the plan's key sees, nor needs to)."""
+    plain, fused = pair()
+    for setting in (True, False, True, False):
+        for model in (plain, fused):
+            model.requires_grad_(setting)
+        assert fused(images()).requires_grad is plain(images()).requires_grad is setting
+    for model in (plain, fused):                 # one parameter, the last one, is enough
+        list(model.parameters())[-1].requires_grad_(True)
+    assert fused(images()).requires_grad and plain(images()).requires_grad
+
+
 # ---- 8: meta-device initialisation ------------------------------------------------------------------
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
 def test_meta_init_then_to_empty_and_load_state_dict(fused):

@@ -69,7 +69,17 @@ class FusedLeViT(LeViT):
         check_images(x, self.img_size)
         if _needs_plain_layers(self, x):
             return super().forward(x)
-        dtype = _compute_dtype(self, x)
+        compiling = torch.compiler.is_compiling()
+        # Eager calls check the plan's key first: while it matches, the model's parameters are
+        # the ones the key lists, which the check has just brought into cache. Walking the
+        # model for them instead costs ~150 us per call at batch 1 (the forward's weights
+        # evict everything; benchmarks/README.md, "Batch 1"). A trace must not read self._plan
+        # here: Dynamo would keep that value past _plan_for_trace, which may replace it.
+        plan = None if compiling else self._plan
+        if plan is not None and not plan.key.matches(self):
+            plan = None
+        dtype = _compute_dtype(plan.key.parameters[0] if plan is not None
+                               else next(self.parameters()), x)
         kernels = self._kernels_for(x.device)
         if self._kernels and not kernels and x.device.type in KERNELS:
             raise ValueError(f"images: use_kernels({self._kernels!r}) runs kernels that do not "
@@ -77,9 +87,10 @@ class FusedLeViT(LeViT):
                              f"the device's own")
         if not _kernels_run(kernels, x.device, dtype, warn=True):
             return super().forward(x)
-        if torch.compiler.is_compiling():
+        if compiling:
             return self._traced_forward(x, dtype)
-        plan = self._current_plan(x.device, dtype)
+        if plan is None or plan.key.device != x.device or plan.key.dtype != dtype:
+            plan = self._build_plan(x.device, dtype)
         if isinstance(plan, _PlainPlan):
             return super().forward(x)
         with torch.no_grad():
@@ -88,7 +99,9 @@ class FusedLeViT(LeViT):
                 logits = _graphed(plan)(backend, plan, x)
             else:
                 logits = backend.run(plan, x)
-        anchor = _parameter_requiring_grad(self) if torch.is_grad_enabled() else None
+        # The plan's key lists the model's parameters (it matched, or was built just now).
+        anchor = (next((p for p in plan.key.parameters if p.requires_grad), None)
+                  if torch.is_grad_enabled() else None)
         return logits if anchor is None else _NoBackward.apply(logits, anchor)
 
     # -- switches ------------------------------------------------------------------------------
@@ -343,14 +356,15 @@ def _graphed(plan: FusedPlan):
     return plan.graphs
 
 
-def _compute_dtype(model: LeViT, images: torch.Tensor) -> torch.dtype:
-    """The model's dtype, or autocast's for the images' device (the ops take one dtype for all
-    inputs): a float32 model under torch.autocast("cpu", dtype=torch.bfloat16) runs the bf16
-    kernels, and returns bf16 logits, as the plain model's last Linear does under autocast."""
+def _compute_dtype(first_parameter: Tensor, images: torch.Tensor) -> torch.dtype:
+    """The model's dtype (its first parameter's), or autocast's for the images' device (the
+    ops take one dtype for all inputs): a float32 model under torch.autocast("cpu",
+    dtype=torch.bfloat16) runs the bf16 kernels, and returns bf16 logits, as the plain model's
+    last Linear does under autocast."""
     device = images.device.type
     if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
-    return next(model.parameters()).dtype
+    return first_parameter.dtype
 
 
 def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn: bool) -> bool:

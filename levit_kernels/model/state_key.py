@@ -82,6 +82,9 @@ class StateKey:
                    for name, t in d.items()
                    if t is not None and name != "num_batches_tracked"]   # folding never reads it
         self._tensors = tensors
+        # model.parameters() as it is while the key matches: the same dicts hold the same
+        # Parameters, in the order of modules() and of each module's dict.
+        self.parameters = [p for m in modules for p in m._parameters.values() if p is not None]
         self._ptrs = list(map(_DATA_PTR, tensors))
         # Inference tensors (made under torch.inference_mode()) have no version counter.
         self._versioned = [t for t in tensors if not t.is_inference()]
