@@ -280,6 +280,19 @@ def test_pruned_or_parametrized_layer(rewrite):
         assert_same(fused(x), plain(x))
 
 
+def test_functional_call_runs_the_weights_it_is_given():
+    """torch.func.functional_call swaps the parameters in for one call: the fused model runs
+    those, then its own again (the key sees both swaps)."""
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad():
+        fused(x)                                              # a plan for its own weights
+        swapped = {name: 1.5 * p for name, p in plain.named_parameters()}
+        assert_same(torch.func.functional_call(fused, swapped, (x,)),
+                    torch.func.functional_call(plain, swapped, (x,)))
+        assert_same(fused(x), plain(x))
+
+
 # ---- 7: gradients in eval mode --------------------------------------------------------------------
 def test_input_gradients_in_eval_mode():
     plain, fused = pair()
