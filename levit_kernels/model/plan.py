@@ -354,7 +354,9 @@ class _Program:
 
     @staticmethod
     def run(plan: FusedPlan, images: torch.Tensor) -> torch.Tensor:
-        return plan.program(images.to(plan.dtype))
+        # .to() of a tensor already in the dtype returns it too, but through the dispatcher:
+        # 60-110 us per call cold (batch 1, after the previous forward), against 25-35 for this.
+        return plan.program(images if images.dtype == plan.dtype else images.to(plan.dtype))
 
 
 PROGRAM = _Program()
