@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = [("LeViT-128S", 1, 16), ("LeViT-128S", 2, 1), ("LeViT-256", 1, 16), ("LeViT-256", 2, 1)]
@@ -172,15 +173,9 @@ def main(argv=None) -> int:
         reports.append(report)
         verdicts.append(rows)
 
-    def git(*cmd):
-        try:
-            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT,
-                                  timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    commit, dirty = git_state()
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "commit": git("rev-parse", "HEAD"),
-           "uncommitted changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+           "commit": commit, "uncommitted changes": dirty,
            **cpu_facts(), **peer_versions(),
            **{k: v for k, v in reports[0]["config"].items()     # the threads are per run
               if k not in ("variant", "batch", "threads", "torch threads", "seconds")}}

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from provenance import command_output, git_state
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "LeViT-256"
 BATCHES = (1, 16, 2048)
@@ -59,17 +61,10 @@ class Lab:
 
 
 def environment() -> dict:
-    def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=20,
-                                  cwd=ROOT).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
+    commit, dirty = git_state()
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda or "-", "commit": run(["git", "rev-parse", "HEAD"]),
-           "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"]))}
+           "cuda": torch.version.cuda or "-", "commit": commit, "dirty": dirty}
     try:
         import triton
         env["triton"] = triton.__version__
@@ -79,8 +74,8 @@ def environment() -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(device=props.name, capability=f"sm_{props.major}{props.minor}",
                    memory_gib=round(props.total_memory / 2**30, 1), sms=props.multi_processor_count,
-                   driver=run(["nvidia-smi", "--query-gpu=driver_version",
-                               "--format=csv,noheader"]).splitlines()[:1])
+                   driver=command_output(["nvidia-smi", "--query-gpu=driver_version",
+                                          "--format=csv,noheader"]).splitlines()[:1])
     else:
         env["device"] = "cpu (dry run: Triton interpreter)"
     return env
