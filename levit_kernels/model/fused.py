@@ -75,9 +75,7 @@ class FusedLeViT(LeViT):
         # model for them instead costs ~150 us per call at batch 1 (the forward's weights
         # evict everything; benchmarks/README.md, "Batch 1"). A trace must not read self._plan
         # here: Dynamo would keep that value past _plan_for_trace, which may replace it.
-        plan = None if compiling else self._plan
-        if plan is not None and not plan.key.matches(self):
-            plan = None
+        plan = None if compiling else self._matching_plan()
         dtype = _compute_dtype(plan.key.parameters[0] if plan is not None
                                else next(self.parameters()), x)
         kernels = self._kernels_for(x.device)
@@ -89,8 +87,7 @@ class FusedLeViT(LeViT):
             return super().forward(x)
         if compiling:
             return self._traced_forward(x, dtype)
-        if plan is None or plan.key.device != x.device or plan.key.dtype != dtype:
-            plan = self._build_plan(x.device, dtype)
+        plan = self._reuse_or_build(x.device, dtype, plan)
         if isinstance(plan, _PlainPlan):
             return super().forward(x)
         with torch.no_grad():
@@ -100,8 +97,7 @@ class FusedLeViT(LeViT):
             else:
                 logits = backend.run(plan, x)
         # The plan's key lists the model's parameters (it matched, or was built just now).
-        anchor = (next((p for p in plan.key.parameters if p.requires_grad), None)
-                  if torch.is_grad_enabled() else None)
+        anchor = _parameter_requiring_grad(plan.key.parameters) if torch.is_grad_enabled() else None
         return logits if anchor is None else _NoBackward.apply(logits, anchor)
 
     # -- switches ------------------------------------------------------------------------------
@@ -131,9 +127,17 @@ class FusedLeViT(LeViT):
 
     # -- the plan and its key -----------------------------------------------------------------
     def _current_plan(self, device: torch.device, dtype: torch.dtype):
+        return self._reuse_or_build(device, dtype, self._matching_plan())
+
+    def _matching_plan(self):
+        """The plan, if its key still matches the model (None otherwise)."""
         plan = self._plan
-        if (plan is None or plan.key.device != device or plan.key.dtype != dtype
-                or not plan.key.matches(self)):
+        return plan if plan is not None and plan.key.matches(self) else None
+
+    def _reuse_or_build(self, device: torch.device, dtype: torch.dtype, plan):
+        """`plan` (a matching one, or None) if it was built for `device` and `dtype`, else a
+        new one."""
+        if plan is None or plan.key.device != device or plan.key.dtype != dtype:
             plan = self._build_plan(device, dtype)
         return plan
 
@@ -293,7 +297,8 @@ def _needs_plain_layers(model: LeViT, x: torch.Tensor) -> bool:
     if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():
         return True         # ONNX has no levit::* operators: export the plain layers
     if torch.is_grad_enabled() and (x.requires_grad or (
-            torch.compiler.is_compiling() and _parameter_requiring_grad(model) is not None)):
+            torch.compiler.is_compiling()
+            and _parameter_requiring_grad(model.parameters()) is not None)):
         # The kernels have no backward: gradients w.r.t. the images (saliency maps,
         # adversarial examples) come from the plain layers, and so does a graph that autograd
         # will differentiate. (Eager calls with only the parameters requiring grad run fused:
@@ -303,8 +308,8 @@ def _needs_plain_layers(model: LeViT, x: torch.Tensor) -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-def _parameter_requiring_grad(model: LeViT):
-    return next((p for p in model.parameters() if p.requires_grad), None)
+def _parameter_requiring_grad(parameters):
+    return next((p for p in parameters if p.requires_grad), None)
 
 
 class _NoBackward(torch.autograd.Function):
