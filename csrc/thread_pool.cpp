@@ -15,6 +15,10 @@
 // processes take the cores, a thread that spins on only keeps the core from the one whose
 // work it waits for: it soon yields, then sleeps.
 //
+// A task that throws (std::bad_alloc from a scratch buffer) ends the job early: the first
+// exception is kept, no further task is handed out, and the caller rethrows it only after
+// every worker has left the job, so no worker ever calls `fn` once the caller has unwound.
+//
 // fork(): only the forking thread survives in the child. pthread_atfork handlers take both
 // locks before fork() (so no job is half published or half joined), release them in the
 // parent, and in the child reset the one pool in place: no workers, fresh locks and
@@ -27,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -93,6 +98,7 @@ class Pool {
       fn_ = &fn;
       ntasks_ = ntasks;
       next_.store(0, std::memory_order_relaxed);
+      error_ = nullptr;
       wanted_ = workers;
       open_ = true;
       generation_.fetch_add(1, std::memory_order_release);
@@ -114,6 +120,7 @@ class Pool {
       sync_.done.wait(lk, left);
       caller_waiting_ = false;
     }
+    if (error_) std::rethrow_exception(error_);   // no worker is left in the job
   }
 
   int workers() const { return workers_.load(std::memory_order_relaxed); }
@@ -177,7 +184,13 @@ class Pool {
     for (;;) {
       const int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
       if (t >= ntasks) break;
-      fn(t);
+      try {
+        fn(t);
+      } catch (...) {
+        next_.store(ntasks, std::memory_order_relaxed);   // hand out no more tasks
+        std::lock_guard<std::mutex> lk(sync_.state);
+        if (!error_) error_ = std::current_exception();
+      }
     }
   }
 
@@ -215,6 +228,7 @@ class Pool {
   Sync sync_;
   std::vector<std::thread> threads_;
   const std::function<void(int64_t)>* fn_ = nullptr;
+  std::exception_ptr error_;      // the job's first exception (guarded by Sync::state)
   int64_t ntasks_ = 0;
   int wanted_ = 0;
   bool open_ = false;             // the job still takes workers

@@ -88,8 +88,17 @@ void conv2d_packed(std::uintptr_t x, int64_t batch, int64_t height, int64_t widt
   });
 }
 
+// K in `segments` equal runs: a count that does not divide K would drop columns from the
+// bf16 layout (and 0 divides by zero).
+void check_segments(int64_t k, int64_t segments) {
+  if (segments < 1 || k % segments != 0)
+    throw py::value_error("segments: expected a divisor of k = " + std::to_string(k) + ", got " +
+                          std::to_string(segments));
+}
+
 // The packed weight's shape (gemm.h, gemm_bf16.h): the one source of the layout's sizes.
 py::tuple packed_shape(int64_t n, int64_t k, const std::string& dtype, int64_t segments) {
+  check_segments(k, segments);
   const int64_t panels = (n + levit::kPanel - 1) / levit::kPanel;
   if (dtype == "float32") return py::make_tuple(panels, k, levit::kPanel);
   if (dtype != "bfloat16") throw py::value_error("dtype must be 'float32' or 'bfloat16'");
@@ -98,6 +107,7 @@ py::tuple packed_shape(int64_t n, int64_t k, const std::string& dtype, int64_t s
 
 void pack_weight(std::uintptr_t w, int64_t n, int64_t k, int64_t ldw, std::uintptr_t packed,
                  int nthreads, const std::string& dtype, int64_t segments) {
+  check_segments(k, segments);
   if (dtype == "float32")  // the float32 layout has no runs: segments change nothing
     levit::pack_weight(ptr<const float>(w), n, k, ldw, ptr<float>(packed), nthreads);
   else

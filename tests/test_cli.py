@@ -145,6 +145,23 @@ def test_bad_input_in_process(make_args, message, tmp_path, capsys):
     assert_usage_error(make_args(tmp_path), message, capsys)
 
 
+def test_sizes_past_the_memory_are_one_line_and_exit_2(capsys):
+    """--img-size 100000 makes attention tables of ~24 PB: the allocator's failure is told in
+    one line that names the flags, not a traceback (or a blamed checkpoint)."""
+    assert_usage_error(["bench", "--variant", "128S", "--batch", "1", "--seconds", "0.01",
+                        "--img-size", "100000"], "out of memory", capsys)
+    assert_usage_error(["biases", "--variant", "128S", "--checkpoint", os.devnull,
+                        "--img-size", "100000"], "cannot load", capsys)   # read first: empty
+
+
+def test_biases_without_matplotlib_names_it(tmp_path, capsys, monkeypatch):
+    ckpt = tmp_path / "w.pth"
+    torch.save(LeViT("128S").state_dict(), ckpt)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib fails
+    assert_usage_error(["biases", "--checkpoint", str(ckpt), "--variant", "128S",
+                        "--out", str(tmp_path / "b.png")], "needs matplotlib", capsys)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
 def test_bench_cuda_without_cuda(capsys):
     assert main(["bench", "--device", "cuda"]) == 2

@@ -8,6 +8,8 @@ call made alone.
 """
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -163,3 +165,43 @@ def test_pool_after_fork():
         assert _run_in_child(child) == 0
         for name, fn in calls.items():              # and the parent's pool still works
             assert torch.equal(fn(), expected[name]), name
+
+
+_ALLOCATION_FAILS_IN_A_TASK = r"""
+import resource, sys, torch
+from levit_kernels import ops
+
+def vm_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
+
+torch.set_num_threads(2)
+x, w = torch.randn(64, 64), torch.randn(64, 64)
+expected = ops.linear(x, w)        # the pool's worker is started before the limit
+# 2 GB of address space to spare; each task's Kt scratch buffer (Dk x Nk floats) wants 4.3 GB.
+limit = vm_bytes() + 2 * 2**30
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+d = 32767
+q = torch.randn(2, 1, 1, d)
+k = torch.randn(1, 1, 1, d).expand(2, 1, d, d)
+v = torch.randn(1, 1, 1, 1).expand(2, 1, d, 1)
+bias = torch.randn(1, 1, d)
+for attempt in range(3):
+    try:
+        ops.attention(q, k, v, bias, 0.01, False)
+        sys.exit("the attention did not fail to allocate")
+    except MemoryError:
+        pass
+    assert torch.equal(ops.linear(x, w), expected)   # the pool still works
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
+def test_a_task_that_cannot_allocate_raises_memory_error_and_the_pool_goes_on():
+    """std::bad_alloc in a pool task (a scratch buffer past the address-space limit) becomes a
+    MemoryError in the caller once every worker has left the job; the pool then runs the
+    next jobs. (It used to leave the job open with a dangling task function: a crash.)"""
+    result = subprocess.run([sys.executable, "-c", _ALLOCATION_FAILS_IN_A_TASK],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -199,6 +199,11 @@ _SPECS = [
     (ATTN, ALL, lambda a, d: {"scale": "0.5"}, TypeError, r"^scale\b.*float"),
     (ATTN, ALL + (REGISTERED,), lambda a, d: {"scale": True}, TypeError,
      r"^scale\b.*float.*bool"),
+    (ATTN, ALL, lambda a, d: {"scale": 10 ** 400}, ValueError, r"^scale\b.*too large"),
+    # bool() would take any non-empty string, or 2, for True: a silent Hardswish
+    (("attention",), ALL, lambda a, d: {"hardswish": "false"}, TypeError,
+     r"^hardswish\b.*bool.*'false'"),
+    (("attention",), ALL, lambda a, d: {"hardswish": 2}, TypeError, r"^hardswish\b.*bool"),
     # mismatched B / H / N / D
     (ATTN, ALL, lambda a, d: {"k": torch.cat([a["k"], a["k"][:1]])}, ValueError, r"^k\b.*shape"),
     (ATTN, ALL, lambda a, d: {"k": a["k"][..., :DK - 1]}, ValueError, r"^k\b.*shape"),
@@ -253,6 +258,8 @@ _SPECS = [
      ValueError, r"^residual\b.*shape"),
     (("linear", "linear_packed"), ALL, lambda a, d: {"activation": "relu"}, ValueError,
      r"^activation\b.*'relu'"),
+    (("linear", "linear_packed"), ALL, lambda a, d: {"activation": ["none"]}, ValueError,
+     r"^activation\b.*\['none'\]"),
     # levit_kernels.cpu.linear accepts any strides (it copies x, and packs the weight), so
     # these two are errors only where the kernels read in place.
     (("linear",), ("ops", "gpu"), lambda a, d: {"x": strided_last(a["x"])}, ValueError,
@@ -279,6 +286,13 @@ _SPECS = [
      r"^packed(_weight)?\b.*shape"),
     (("linear_packed",), PACKED, lambda a, d: {"out_features": 0}, ValueError,
      r"^out_features\b.*positive"),
+    # int() would truncate these to N (or fail without naming the argument)
+    (("linear_packed",), PACKED, lambda a, d: {"out_features": N + 0.7}, ValueError,
+     r"^out_features\b"),
+    (("linear_packed",), PACKED, lambda a, d: {"out_features": str(N)}, ValueError,
+     r"^out_features\b"),
+    (("linear_packed",), PACKED, lambda a, d: {"out_features": None}, ValueError,
+     r"^out_features\b"),
     (("linear_packed",), PACKED,
      lambda a, d: {"packed_weight": torch.zeros(1, K, 32)[..., :16]}, ValueError,
      r"^packed(_weight)?\b.*contiguous"),
@@ -593,3 +607,74 @@ def test_nan_and_inf_propagate_like_the_reference(impl, family, what, edit):
     else:
         out = fn(*args)
     assert_same_specials(out, expected)
+
+
+# ---------------------------------------------------------------- the public conv2d_packed
+# levit_kernels.ops.conv2d_packed hands its ints to the registered op; int() would truncate
+# stride=1.9 to 1 (another output shape) and take "2" for 2.
+@needs_extension
+@pytest.mark.parametrize("name, value", [("stride", 1.9), ("padding", 0.9), ("kernel_size", 3.7),
+                                         ("stride", "2"), ("kernel_size", (3, 3)),
+                                         ("out_channels", 5.0), ("padding", -1)])
+def test_conv2d_packed_wrapper_refuses_what_is_not_an_int(name, value):
+    a = dict(x=torch.randn(1, 8, 8, 3), packed_weight=cpu.pack_conv_weight(torch.randn(5, 3, 3, 3)),
+             out_channels=5, kernel_size=3, stride=1, padding=1)
+    a[name] = value
+    with pytest.raises(ValueError, match=rf"^{name}\b.*int"):
+        ops.conv2d_packed(**a)
+
+
+@needs_extension
+@pytest.mark.parametrize("kernel_size", [3.0, True, "3", (3, 3, 3)])
+def test_conv2d_packed_launcher_names_a_bad_kernel_size(kernel_size):
+    """levit_kernels.cpu.conv2d_packed takes an int or a pair (the registered op's schema
+    refuses these by itself)."""
+    with pytest.raises(ValueError, match=r"^kernel_size\b.*int"):
+        cpu.conv2d_packed(torch.randn(1, 8, 8, 3), cpu.pack_conv_weight(torch.randn(5, 3, 3, 3)),
+                          5, kernel_size, 1, 1)
+
+
+# ---------------------------------------------------------------- packing
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("segments", [0, -1, 3, 41, 2.0, True])
+def test_pack_weight_refuses_segments_that_do_not_divide_k(dtype, segments):
+    """K = 40 in `segments` equal runs: 0 used to divide by zero in C++ (SIGFPE) and 3, 41 or
+    -1 to drop columns from the bf16 layout without a word."""
+    with pytest.raises(ValueError, match=r"^segments\b"):
+        cpu.pack_weight(torch.randn(20, 40, dtype=dtype), segments=segments)
+
+
+@needs_extension
+def test_pack_weight_segments_that_divide_k_keep_every_column():
+    w = torch.randn(20, 40).bfloat16()
+    for segments in (1, 2, 4, 5, 8, 40):
+        values = set(cpu.pack_weight(w, segments=segments).float().flatten().tolist())
+        assert set(w.float().flatten().tolist()) <= values, segments
+
+
+@needs_extension
+@pytest.mark.parametrize("shape", [(0, 3, 3, 3), (4, 0, 3, 3), (4, 3, 0, 3)])
+def test_pack_conv_weight_refuses_an_empty_weight(shape):
+    with pytest.raises(ValueError, match=r"^weight\b.*>= 1"):
+        cpu.pack_conv_weight(torch.randn(shape))
+
+
+@needs_extension
+def test_prepared_linear_names_a_bad_activation():
+    layer = cpu.PackedLinear(torch.randn(6, 8))
+    with pytest.raises(ValueError, match=r"^activation\b"):
+        layer(torch.randn(2, 8), None, ["none"])
+
+
+@needs_extension
+@pytest.mark.parametrize("name, value", [("subsample", 0), ("heads", 0), ("key_dim", 1.5)])
+def test_forward_program_attention_refuses_bad_sizes(name, value):
+    program = cpu.ForwardProgram(3, 32, 32)
+    program.add_conv(cpu.PackedConv(torch.randn(16, 3, 3, 3), None, 2, 1), "none")
+    kwargs = dict(qkv=cpu.PackedLinear(torch.randn(2 * (8 + 8 + 8), 16)),
+                  proj=cpu.PackedLinear(torch.randn(16, 2 * 8)), bias=torch.randn(2, 256, 256),
+                  heads=2, key_dim=8, val_dim=8, scale=0.3, offsets={"q": 0, "k": 8, "v": 16})
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        program.add_attention(**kwargs)

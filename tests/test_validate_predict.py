@@ -371,6 +371,11 @@ def _folder(tmp_path, *files):
     (lambda p: ["validate", "--data", _folder(p, "a/x.jpg"), "--workers", "-1"],
      "integer >= 0"),
     (lambda p: ["validate", "--data", _folder(p, "a/x.jpg"), "--crop-pct", "1.5"], "(0, 1]"),
+    # a resize past PIL's limit is the flag's fault, not every image file's
+    (lambda p: ["validate", "--data", _folder(p, "a/x.jpg"), "--crop-pct", "1e-9"],
+     "--crop-pct 1e-09: it resizes to"),
+    (lambda p: ["predict", _folder(p, "x.jpg"), "--out", str(p / "o.csv"), "--crop-pct", "0.001"],
+     "past PIL's limit"),
     (lambda p: ["validate", "--data", _folder(p, "a/x.jpg"), "--dtype", "float16"],
      "invalid choice"),
     (lambda p: ["validate", "--data", _folder(p, "a/x.jpg"), "--json", str(p / "no" / "r.json")],

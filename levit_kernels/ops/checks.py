@@ -103,7 +103,28 @@ def check_scale(scale) -> float:
                 and not scale.dtype.is_complex and scale.dtype != torch.bool)
     if not ok:
         _fail(TypeError, "scale", f"expected a float, got {type(scale).__name__} {scale!r}")
-    return float(scale)
+    try:
+        return float(scale)
+    except OverflowError:     # an int past float's range (10**400)
+        _fail(ValueError, "scale", f"expected a float, got an int too large for one: {scale}")
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool argument (hardswish=...): bool() would take "false" or 2 for True."""
+    if not isinstance(value, bool):
+        _fail(TypeError, name, f"expected a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_int(value, name: str, minimum: int):
+    """An int argument >= minimum (a SymInt under torch.compile passes as it is); int() would
+    truncate 1.9 to 1 and take "2" for 2."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        _fail(ValueError, name, f"expected {wanted}, got {value!r}")
+    return int(value)
 
 
 def check_attention(q, k, v, bias, *, probs: bool = False, scale=None,
@@ -170,7 +191,7 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
 
 
 def check_activation(activation) -> None:
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         _fail(ValueError, "activation", f"expected one of {ACTIVATIONS}, got {activation!r}")
 
 
@@ -260,8 +281,10 @@ def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, allowed: Mapping = OP_
 
 
 def _pair(name: str, value, minimum: int):
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
+    pair = (value, value) if isinstance(value, int) else \
+        tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                                 for v in pair):
         raise ValueError(f"{name}: expected an int or a pair of ints >= {minimum}, got {value!r}")
     return pair
 

@@ -139,7 +139,7 @@ def _attention(q, k, v, bias, scale, hardswish: bool, probs: bool) -> torch.Tens
                      bias=bias.data_ptr(), out=out.data_ptr(), batch=batch, heads=heads, nq=n_q,
                      nk=n_k, dk=d_k, dv=d_v, q_strides=q.stride()[:3], k_strides=k.stride()[:3],
                      v_strides=(0, 0, 0) if probs else v.stride()[:3], scale=scale,
-                     hardswish=bool(hardswish), probs=probs, nthreads=_threads(),
+                     hardswish=hardswish, probs=probs, nthreads=_threads(),
                      dtype=_dtype(q))
     return out
 
@@ -151,7 +151,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     q (B,H,Nq,Dk), k (B,H,Nk,Dk), v (B,H,Nk,Dv): any strides with unit stride on the last dim
     (views of a packed qkv projection are read in place); bias (H,Nq,Nk).
     """
-    return _attention(q, k, v, bias, scale, hardswish, probs=False)
+    return _attention(q, k, v, bias, scale, checks.check_flag(hardswish, "hardswish"),
+                      probs=False)
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
@@ -169,6 +170,10 @@ def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
     n, k = weight.shape
     if n < 1 or k < 1:
         raise ValueError(f"weight: expected both dimensions >= 1, got shape {tuple(weight.shape)}")
+    segments = checks.check_int(segments, "segments", 1)
+    if k % segments:
+        raise ValueError(f"segments: expected a divisor of the weight's {k} columns (its equal "
+                         f"runs), got {segments}")
     if weight.stride(1) != 1 and k > 1:
         weight = weight.contiguous()
     packed = weight.new_empty(packed_shape(n, k, weight.dtype, segments))
@@ -194,6 +199,7 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, out_features: int,
                   bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
                   activation: str = "none") -> torch.Tensor:
     """act(x·Wᵀ + bias) + residual with W pre-packed by `pack_weight`."""
+    checks.check_int(out_features, "out_features", 1)   # None would mean an unpacked weight
     checks.check_linear(x, packed, bias, residual, activation, out_features=out_features,
                         allowed=CPU_ONLY, devices=ON_CPU)
     return _gemm(x.contiguous(), packed, out_features, None if bias is None else bias.contiguous(),
@@ -253,6 +259,9 @@ def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight (in bfloat16
     as kh runs of kw·Cin, the patch rows the kernel reads)."""
     _cpu_tensor(weight, "weight", ndim=4, unit_last_stride=False)
+    if weight.numel() == 0:
+        raise ValueError(f"weight: expected every dimension >= 1, got shape "
+                         f"{tuple(weight.shape)}")
     return pack_weight(weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1),
                        segments=weight.shape[2])
 
@@ -308,7 +317,8 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                  activation: str = "none") -> torch.Tensor:
         n, dtype = self.out_features, self.packed.dtype
-        if (_ready(x, self.in_features, dtype) and activation in ACTIVATION_CODES
+        if (_ready(x, self.in_features, dtype) and type(activation) is str
+                and activation in ACTIVATION_CODES
                 and (residual is None or (_ready(residual, n, dtype)
                                           and residual.shape[:-1] == x.shape[:-1]))):
             return _gemm(x, self.packed, n, self.bias, residual, ACTIVATION_CODES[activation])
@@ -378,7 +388,7 @@ class ForwardProgram:
         # The workspace is kept between calls: allocated afresh, its tens of MB come back from
         # the OS as new pages and every forward pays their page faults.
         # A call that finds it in use (another Python thread) allocates its own.
-        self._workspace = torch.empty(0, dtype=dtype)
+        self._workspace = torch.empty(0, dtype=dtype, device="cpu")
         self._workspace_lock = threading.Lock()
 
     @property
@@ -406,6 +416,9 @@ class ForwardProgram:
         qkv projects every head's slot of qkv.out_features / heads channels; `offsets` says
         where q, k and v (self-attention) or k and v (shrinking: qkv is the kv projection, q
         its own) start inside a slot, as the model lays its projection out."""
+        for name, value in (("heads", heads), ("key_dim", key_dim), ("val_dim", val_dim),
+                            ("subsample", subsample)):
+            checks.check_int(value, name, 1)
         p, shrinking = self._program, subsample > 1
         for name, layer in (("qkv", qkv), ("proj", proj), ("q", q)):
             if layer is not None:
@@ -469,16 +482,18 @@ class ForwardProgram:
             raise ValueError(f"images: expected shape (B, {', '.join(map(str, expected))}), "
                              f"got {tuple(images.shape)}")
         batch = images.shape[0]
-        out = torch.empty((batch, self.output_features), dtype=self.dtype)
+        # device="cpu" always: under `with torch.device("meta")` (or set_default_device) a
+        # bare torch.empty would hand the kernels a meta tensor's null pointer.
+        out = torch.empty((batch, self.output_features), dtype=self.dtype, device="cpu")
         if batch == 0:
             return out
         size = self._program.workspace_elements(batch=batch)  # bounded: batches run in chunks
         if not self._workspace_lock.acquire(blocking=False):
-            self._run(images, torch.empty(size, dtype=self.dtype), out)
+            self._run(images, torch.empty(size, dtype=self.dtype, device="cpu"), out)
             return out
         try:
             if self._workspace.numel() < size:
-                self._workspace = torch.empty(size, dtype=self.dtype)
+                self._workspace = torch.empty(size, dtype=self.dtype, device="cpu")
             self._run(images, self._workspace, out)
         finally:
             self._workspace_lock.release()

@@ -156,7 +156,8 @@ def _(x, packed_weight, out_channels, kernel_size, stride, padding, bias, activa
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
               hardswish: bool = False) -> Tensor:
     """act(softmax(scale * q @ k^T + bias) @ v) as (B, Nq, H*Dv); see levit::attention."""
-    return torch.ops.levit.attention(q, k, v, bias, checks.check_scale(scale), bool(hardswish))
+    return torch.ops.levit.attention(q, k, v, bias, checks.check_scale(scale),
+                                     checks.check_flag(hardswish, "hardswish"))
 
 
 def attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
@@ -179,10 +180,15 @@ def mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
 def linear_packed(x: Tensor, packed_weight: Tensor, out_features: int,
                   bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
                   activation: str = "none") -> Tensor:
-    """linear() with a weight packed once by levit_kernels.cpu.pack_weight (CPU only)."""
+    """linear() with a weight packed once by levit_kernels.cpu.pack_weight (CPU only).
+
+    out_features must be the N of the (N, K) weight that was packed: the layout pads N to
+    whole panels of 16 columns, so an N off by less than a panel cannot be told from the
+    packed tensor (its padding columns are zero)."""
     checks.check_activation(activation)
-    return torch.ops.levit.linear_packed(x, packed_weight, int(out_features), bias, residual,
-                                         activation)
+    return torch.ops.levit.linear_packed(x, packed_weight,
+                                         checks.check_int(out_features, "out_features", 1), bias,
+                                         residual, activation)
 
 
 def mlp_packed(x: Tensor, w1_packed: Tensor, b1: Tensor, w2_packed: Tensor, b2: Tensor) -> Tensor:
@@ -197,5 +203,7 @@ def conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_si
     the weight packed by levit_kernels.cpu.pack_conv_weight (CPU only)."""
     checks.check_activation(activation)
     checks.check_tensor(x, "x", ndim=4, unit_last_stride=False)   # NCHW views are fine
-    return torch.ops.levit.conv2d_packed(x, packed_weight, int(out_channels), int(kernel_size),
-                                         int(stride), int(padding), bias, activation)
+    return torch.ops.levit.conv2d_packed(
+        x, packed_weight, checks.check_int(out_channels, "out_channels", 1),
+        checks.check_int(kernel_size, "kernel_size", 1), checks.check_int(stride, "stride", 1),
+        checks.check_int(padding, "padding", 0), bias, activation)

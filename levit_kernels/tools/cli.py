@@ -163,7 +163,18 @@ def _create_model(args, checkpoint, **kwargs):
             return create_model(args.variant, checkpoint=checkpoint, img_size=args.img_size,
                                 **kwargs)
     except Exception as exc:
+        if _out_of_memory(exc):
+            raise                   # main() says so: not the checkpoint's fault
         raise UsageError(_cannot_load(args.checkpoint, exc, args.variant))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a failed allocation: Python's, or PyTorch's allocators' (a RuntimeError
+    that says so, or torch.OutOfMemoryError on CUDA)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", ()) if torch is not None else ()
+    return isinstance(exc, (MemoryError,) + ((oom,) if oom else ())) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def cmd_biases(args) -> int:
@@ -177,6 +188,9 @@ def cmd_biases(args) -> int:
             raise UsageError(f"--blocks: expected comma-separated integers, got {args.blocks!r}")
     try:
         print(f"saved {plot_bias_maps(model, args.out, blocks)}")
+    except ImportError as exc:
+        raise UsageError(f"plotting the maps needs matplotlib ({exc}): pip install matplotlib "
+                         f"(or the bench extra: pip install 'levit-kernels[bench]')")
     except ValueError as exc:
         raise UsageError(str(exc))
     except OSError as exc:
@@ -251,6 +265,15 @@ def _images_extra():
                          f"pip install 'levit-kernels[images]'")
 
 
+def _transform(eval_transform, model, args):
+    """The evaluation transform; a --crop-pct that resizes past what PIL takes is the user's
+    to fix, not every image file's failure."""
+    try:
+        return eval_transform(model.img_size, args.crop_pct)
+    except ValueError as exc:
+        raise UsageError(f"--crop-pct {args.crop_pct}: {exc}")
+
+
 def cmd_validate(args) -> int:
     with _images_extra():
         from .images import ImageFiles, eval_transform, image_folder
@@ -266,7 +289,7 @@ def cmd_validate(args) -> int:
         weights = checkpoint if checkpoint is not None else model.state_dict()
         reference = _to_device(_create_model(args, weights), processes)
     model = _to_device(model, processes, _dtype(args))
-    files = ImageFiles(paths, eval_transform(model.img_size, args.crop_pct))
+    files = ImageFiles(paths, _transform(eval_transform, model, args))
     if processes.rank == 0:
         print(_describe(args, processes, model), flush=True)
     with processes:
@@ -307,7 +330,7 @@ def cmd_predict(args) -> int:
     if args.topk > model.num_classes:
         raise UsageError(f"--topk {args.topk}: the model has {model.num_classes} classes")
     model = _to_device(model, processes, _dtype(args))
-    files = ImageFiles(paths, eval_transform(model.img_size, args.crop_pct))
+    files = ImageFiles(paths, _transform(eval_transform, model, args))
     if processes.rank == 0:
         print(_describe(args, processes, model), flush=True)
     with processes:
@@ -415,6 +438,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except UsageError as exc:
         print(f"levit-kernels {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"levit-kernels {args.command}: error: out of memory "
+              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): the sizes "
+              f"asked for (--batch, --img-size) need more than this machine has",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

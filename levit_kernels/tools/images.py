@@ -15,6 +15,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 from torchvision.transforms import InterpolationMode
@@ -46,6 +47,13 @@ def eval_transform(img_size: Tuple[int, int], crop_pct: float = CROP_PCT):
     """LeViT's evaluation transform: resize by 1/crop_pct of the crop (224 -> 248, bicubic),
     center crop img_size, scale to [0, 1], normalise with the ImageNet mean and std."""
     scaled = tuple(int(math.floor(side / crop_pct)) for side in img_size)
+    # PIL refuses to open images past MAX_IMAGE_PIXELS (decompression bombs); resizing to more
+    # would cost as much memory, and past 2**31 px a side its C ints overflow.
+    limit = Image.MAX_IMAGE_PIXELS or 2 ** 62
+    if scaled[0] * scaled[1] > limit or max(scaled) >= 2 ** 31:
+        raise ValueError(f"it resizes to {scaled[0]}x{scaled[1]} px before the "
+                         f"{img_size[0]}x{img_size[1]} crop, past PIL's limit of {limit} pixels "
+                         f"(PIL.Image.MAX_IMAGE_PIXELS); use a crop fraction nearer 1")
     if scaled[0] == scaled[1]:
         resize = T.Resize(scaled[0], interpolation=InterpolationMode.BICUBIC)
     else:

@@ -258,7 +258,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     out = check_out(out, (batch, n_q, heads * d_v), q)
     if out.numel() == 0:
         return out
-    return launch_attention(q, k, v, bias, scale, bool(hardswish), out)
+    return launch_attention(q, k, v, bias, scale, checks.check_flag(hardswish, "hardswish"), out)
 
 
 def launch_attention(q, k, v, bias, scale: float, hardswish: bool, out: torch.Tensor):
