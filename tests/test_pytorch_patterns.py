@@ -174,6 +174,15 @@ def _doubling_hook(model):
     model.stages[0].blocks[0].mlp.register_forward_hook(lambda module, inputs, out: 2 * out)
 
 
+def _halving_forward(model):
+    mlp = model.stages[0].blocks[0].mlp
+    mlp.forward = lambda x, forward=mlp.forward: 0.5 * forward(x)
+
+
+def _first_five_classes(model):
+    model.forward_head = lambda features, head=model.forward_head: head(features)[:, :5]
+
+
 # edit -> whether the fused model still runs fused after it, or must run the plain layers
 EDITS = {
     "BatchNorm eps": (lambda m: setattr(m.stages[0].blocks[0].mlp.ln1.bn, "eps", 0.5), "fused"),
@@ -186,6 +195,10 @@ EDITS = {
                           "plain"),
     "forward hook on a block": (_doubling_hook, "plain"),
     "a block in training mode": (lambda m: m.stages[0].blocks[0].train(), "plain"),
+    # methods replaced on the instance: the plain forward calls them (a new attribute, which
+    # the key counts)
+    "forward of an MLP set on the instance": (_halving_forward, "plain"),
+    "forward_head set on the model": (_first_five_classes, "plain"),
 }
 
 
@@ -359,3 +372,182 @@ def test_meta_init_then_load_state_dict_with_assign():
     model.load_state_dict(plain.state_dict(), assign=True)
     with torch.no_grad():
         assert_same(model.eval()(images()), plain(images()))
+
+
+
+# ---- 9: what PyTorch runs around a forward: hooks, modes, subclasses, forward AD, devices --------
+@pytest.mark.parametrize("register", [nn.modules.module.register_module_forward_pre_hook,
+                                      nn.modules.module.register_module_forward_hook],
+                         ids=["pre-hook", "hook"])
+def test_global_module_hooks_run_the_plain_layers(register):
+    """A hook for every module of every model changes what the plain layers compute: while one
+    is registered the fused model runs them; once removed, fused again."""
+    plain, fused = pair()
+    x = images()
+
+    def scale_linear_inputs(module, inputs, *output):
+        if isinstance(module, nn.Linear):
+            return (1.5 * inputs[0],) if not output else 1.5 * output[0]
+
+    with torch.no_grad():
+        fused(x)
+        handle = register(scale_linear_inputs)
+        try:
+            with pytest.warns(RuntimeWarning, match="global forward hooks"):
+                assert_same(fused(x), plain(x))
+        finally:
+            handle.remove()
+        assert_same(fused(x), plain(x))
+    assert isinstance(fused._plan, FusedPlan)
+
+
+def test_a_removed_hook_lets_the_model_run_fused_again():
+    """Removing a hook moves no registration counter: a plan that runs the plain layers
+    compares the hooks on every call, so the model runs fused again once it is gone."""
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad():
+        handle = fused.stages[0].blocks[0].mlp.register_forward_hook(lambda *args: None)
+        fused(x)
+        assert not isinstance(fused._plan, FusedPlan)
+        handle.remove()
+        assert_same(fused(x), plain(x))
+    assert isinstance(fused._plan, FusedPlan)
+
+
+def test_a_default_device_context_still_computes_on_the_images_device():
+    """`with torch.device("meta")` (or set_default_device) is about where new tensors go by
+    default: the plain layers' ops follow their CPU inputs, and so must the fused program's
+    own allocations (a meta output handed to C++ was a crash)."""
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad():
+        expected = plain(x)
+        fused(x)
+        with torch.device("meta"):
+            out = fused(x)
+    assert out.device.type == "cpu"
+    assert_same(out, expected)
+
+
+def test_fake_tensor_mode_gets_the_plain_layers():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    plain, fused = pair()
+    with torch.no_grad():
+        fused(images())
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = torch.empty(2, 3, SIZE, SIZE)
+            out, expected = fused(fake), plain(fake)
+    assert isinstance(out, FakeTensor) and out.shape == expected.shape == (2, CLASSES)
+
+
+def test_dispatch_modes_see_the_plain_ops():
+    """FlopCounterMode (a TorchDispatchMode) counts what the model computes: the fused model
+    shows it the plain layers' ops instead of one opaque C++ call."""
+    from torch.utils.flop_counter import FlopCounterMode
+    plain, fused = pair()
+    counts = []
+    with torch.no_grad():
+        fused(images())
+        for model in (plain, fused):
+            with FlopCounterMode(display=False) as counter:
+                model(images())
+            counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[1] == counts[0]
+
+
+class _Tagged(torch.Tensor):
+    """A __torch_function__ subclass: ops on it return it."""
+
+
+def test_tensor_subclass_images_get_the_plain_layers():
+    plain, fused = pair()
+    x = images().as_subclass(_Tagged)
+    with torch.no_grad():
+        out, expected = fused(x), plain(x)
+    assert type(out) is type(expected) is _Tagged
+    assert_same(out.as_subclass(torch.Tensor), expected.as_subclass(torch.Tensor))
+
+
+def test_forward_mode_ad_propagates_the_tangent():
+    import torch.autograd.forward_ad as fwAD
+    plain, fused = pair()
+    x, tangent = images(), images(seed=2)
+    tangents = []
+    with torch.no_grad():
+        fused(x)
+        for model in (plain, fused):
+            with fwAD.dual_level():
+                tangents.append(fwAD.unpack_dual(model(fwAD.make_dual(x, tangent))).tangent)
+    assert tangents[1] is not None
+    assert_same(tangents[1], tangents[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.float64,
+                                   torch.float16, torch.bfloat16])
+def test_images_of_another_dtype_behave_as_in_the_plain_model(dtype):
+    """A float32 model refuses images of another dtype (F.conv2d's own error); the fused one
+    used to cast them silently. They get the plain layers: the same answer or the same error."""
+    plain, fused = pair()
+    x = (100 * images()).to(dtype)
+    outcomes = []
+    with torch.no_grad():
+        fused(images())
+        for model in (plain, fused):
+            try:
+                outcomes.append(model(x))
+            except (RuntimeError, TypeError) as exc:
+                outcomes.append(type(exc))
+    if isinstance(outcomes[0], torch.Tensor):
+        assert_same(outcomes[1], outcomes[0])
+    else:
+        assert outcomes[1] is outcomes[0]
+
+
+def test_a_float64_model_under_bf16_autocast_stays_float64():
+    """CPU autocast casts float32 only: a float64 model computes (and answers) in float64, and
+    the fused one runs the plain layers for it rather than the bf16 kernels."""
+    plain, fused = pair()
+    plain.double()
+    fused.double()
+    x = images().double()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = fused(x), plain(x)
+    assert out.dtype == expected.dtype == torch.float64
+    assert torch.allclose(out, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_export_under_autocast_is_the_plain_graph():
+    """A program exported under autocast runs its ops in autocast's dtype only where autocast
+    is on when it runs: the fused model exports the plain graph then, so that its program
+    answers like the plain one's inside and outside autocast."""
+    plain, fused = pair()
+    x = images()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        programs = [torch.export.export(model, (x,)).module() for model in (plain, fused)]
+    with torch.no_grad():
+        out, expected = programs[1](x), programs[0](x)
+        assert out.dtype == expected.dtype == torch.float32
+        assert_same(out, expected)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, expected = programs[1](x), programs[0](x)
+    assert out.dtype == expected.dtype
+    assert torch.equal(out, expected)
+
+
+def test_compile_after_an_edit_that_changes_the_output_shape(compiler):
+    """The graph checks its plan when it runs: after a new 5-class head the plan is stale and
+    its logits the wrong shape, which the compiled call cannot return. It says so, and the
+    next call recompiles."""
+    plain, fused = pair()
+    x = images()
+    compiled = compiler(fused)
+    with torch.no_grad():
+        assert_same(compiled(x), plain(x))
+        for model in (plain, fused):
+            torch.manual_seed(5)
+            model.head, model.head_dist = nn.Linear(48, 5), nn.Linear(48, 5)
+        with pytest.raises(RuntimeError, match=r"output.*\(2, 10\).*\(2, 5\).*Call the "
+                                               r"compiled model again"):
+            compiled(x)
+        assert_same(compiled(x), plain(x))

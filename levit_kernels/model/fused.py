@@ -25,6 +25,7 @@ import weakref
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 from torch.library import custom_op
 
 from ..ops import cpu
@@ -34,6 +35,7 @@ from .plan import (KERNEL_DTYPES, KERNELS, PROGRAM, TORCH_OPS, FusedPlan, Launch
 from .state_key import StateKey
 
 _warned = set()      # one warning per reason per process
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 # Live fused models by registry id: what the trace-time and run-time checks of torch.compile
 # find their model by (a compiled graph can carry an int, not a module).
 _LIVE: "weakref.WeakValueDictionary[int, FusedLeViT]" = weakref.WeakValueDictionary()
@@ -78,6 +80,12 @@ class FusedLeViT(LeViT):
         plan = None if compiling else self._matching_plan()
         dtype = _compute_dtype(plan.key.parameters[0] if plan is not None
                                else next(self.parameters()), x)
+        if not (x.dtype == dtype or (x.dtype == torch.float32 and dtype in _HALF_DTYPES)):
+            # Images of another dtype (uint8, float64, float16 for a float32 model...): the
+            # plain layers answer or refuse exactly as the plain model does. (float32 images
+            # for a bf16 or float16 model, as a data loader gives them, are the one conversion
+            # the fused model adds.)
+            return super().forward(x)
         kernels = self._kernels_for(x.device)
         if self._kernels and not kernels and x.device.type in KERNELS:
             raise ValueError(f"images: use_kernels({self._kernels!r}) runs kernels that do not "
@@ -149,6 +157,7 @@ class FusedLeViT(LeViT):
                 plan = FusedPlan(self, device, dtype, self._kernels_for(device))
         except UnsupportedModel as exc:
             plan = _PlainPlan(f"{_module_name(self, exc.module)} {exc.problem}")
+            key.compare_hooks_always = True
             _warn_once(("unfused", plan.problem),
                        f"LeViT(fused=True) runs the plain layers: {plan.problem}")
         if key.has_inference_tensors():
@@ -163,6 +172,10 @@ class FusedLeViT(LeViT):
     # -- torch.compile and torch.export --------------------------------------------------------
     def _traced_forward(self, x: torch.Tensor, dtype: torch.dtype):
         if torch.compiler.is_exporting():
+            if _autocast_on(x):
+                # The plain graph's ops take autocast's dtype when the program runs; a fused
+                # graph would keep the one autocast had while tracing.
+                return super().forward(x)
             # An exported program must stand alone, so it cannot lean on this model's cache:
             # the plan is built inside the graph, from the parameters the program lifts (the
             # CPU weights stay unpacked: packing is a C++ call no graph can record).
@@ -276,7 +289,15 @@ def _fused_plan_check(logits: Tensor, images: Tensor, registry_id: int,
                             "its graph was traced; this call ran the eager fused forward, and "
                             "the next one recompiles")
     with torch.no_grad():
-        return torch.compiler.disable(model.forward)(images)
+        eager = torch.compiler.disable(model.forward)(images)
+    if eager.shape != logits.shape or eager.dtype != logits.dtype:
+        # The graph was traced for the old model's output; this op cannot return another.
+        raise RuntimeError(
+            f"LeViT(fused=True) under torch.compile: the model changed after its graph was "
+            f"traced, and so did its output ({tuple(logits.shape)} {logits.dtype} -> "
+            f"{tuple(eager.shape)} {eager.dtype}), which this compiled call cannot return. "
+            f"Call the compiled model again: the next call recompiles for the model as it is now")
+    return eager
 
 
 @_fused_plan_check.register_fake
@@ -305,7 +326,34 @@ def _needs_plain_layers(model: LeViT, x: torch.Tensor) -> bool:
         # see _NoBackward.)
         return True
     # vmap, grad, jacrev...: their wrapped tensors have no data for the C++ kernels to read.
-    return torch._C._are_functorch_transforms_active()
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return not torch.compiler.is_compiling() and _kernels_cannot_see(x)
+
+
+def _kernels_cannot_see(x: torch.Tensor) -> bool:
+    """Eager calls whose tensors or ops something else must see: a tensor subclass for images
+    (FakeTensor, __torch_function__ subclasses), a sparse, mkldnn or quantized one, a
+    TorchDispatchMode (FakeTensorMode, FlopCounterMode...) or a TorchFunctionMode other than a
+    default-device context, and forward-mode AD (dual tensors carry a tangent that only the
+    plain layers propagate). The fused kernels are one C++ call none of these would see."""
+    if type(x) is not torch.Tensor or x.layout != torch.strided or x.is_quantized:
+        return True
+    if torch._C._len_torch_dispatch_stack() or _forward_ad_level() >= 0:
+        return True
+    if torch._C._len_torch_function_stack():
+        from torch.overrides import _get_current_function_mode_stack
+        from torch.utils._device import DeviceContext
+        # `with torch.device(...)` / set_default_device: the fused path allocates on the
+        # images' device by itself, as the plain layers' ops do.
+        return not all(isinstance(mode, DeviceContext)
+                       for mode in _get_current_function_mode_stack())
+    return False
+
+
+def _forward_ad_level() -> int:
+    """The innermost torch.autograd.forward_ad.dual_level() open now, -1 outside any."""
+    return getattr(forward_ad, "_current_level", -1)
 
 
 def _parameter_requiring_grad(parameters):
@@ -362,14 +410,18 @@ def _graphed(plan: FusedPlan):
 
 
 def _compute_dtype(first_parameter: Tensor, images: torch.Tensor) -> torch.dtype:
-    """The model's dtype (its first parameter's), or autocast's for the images' device (the
-    ops take one dtype for all inputs): a float32 model under torch.autocast("cpu",
+    """The model's dtype (its first parameter's), or, for a float32 model, autocast's for the
+    images' device (the ops take one dtype for all inputs): a float32 model under torch.autocast("cpu",
     dtype=torch.bfloat16) runs the bf16 kernels, and returns bf16 logits, as the plain model's
     last Linear does under autocast."""
+    if first_parameter.dtype == torch.float32 and _autocast_on(images):
+        return torch.get_autocast_dtype(images.device.type)
+    return first_parameter.dtype        # autocast leaves float64 (and float16...) models alone
+
+
+def _autocast_on(images: torch.Tensor) -> bool:
     device = images.device.type
-    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return first_parameter.dtype
+    return device in ("cuda", "cpu") and torch.is_autocast_enabled(device)
 
 
 def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn: bool) -> bool:

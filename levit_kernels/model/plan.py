@@ -40,6 +40,7 @@ from ..ops import checks, cpu
 from .levit import (Attention, AttentionDownsample, ConvNorm, LeViT, LevitBlock, LevitDownsample,
                     LevitMlp, LevitStage, LinearNorm, NormLinear, Stem16, Subsample, slot_offsets,
                     split_heads)
+from .state_key import GLOBAL_HOOKS
 
 
 class UnsupportedModel(Exception):
@@ -72,7 +73,26 @@ def _expect(module, cls):
     if module._forward_hooks or any(not isinstance(hook, prune.BasePruningMethod)
                                     for hook in module._forward_pre_hooks.values()):
         raise UnsupportedModel(module, "has forward hooks, which only the plain layers run")
+    _expect_no_instance_methods(module)
     return module
+
+
+def _expect_no_instance_methods(module):
+    """A method replaced on the instance (`block.forward = ...`, `model.forward_head = ...`)
+    is what the plain forward calls; the plan folds the class's."""
+    for name in vars(module):
+        if callable(getattr(type(module), name, None)):
+            raise UnsupportedModel(module, f"has its own {name}() (set on the instance), which "
+                                           f"only the plain layers call")
+
+
+def _expect_no_global_hooks(model):
+    """nn.Module's hooks for every module of every model: the plain layers run them, the fused
+    forward cannot."""
+    if any(getattr(nn.modules.module, name, None) for name in GLOBAL_HOOKS):
+        raise UnsupportedModel(model, "runs under global forward hooks "
+                                      "(torch.nn.modules.module.register_module_forward_hook or "
+                                      "_pre_hook), which only the plain layers run")
 
 
 def _expect_sequence(seq, classes):
@@ -289,6 +309,8 @@ class FusedPlan:
         if (type(model).forward_features is not LeViT.forward_features
                 or type(model).forward_head is not LeViT.forward_head):
             raise UnsupportedModel(model, "overrides forward_features or forward_head")
+        _expect_no_instance_methods(model)
+        _expect_no_global_hooks(model)
         with _pruned(model):
             self._fold(model, target)
         self.backend = None      # "gpu" plans: their GpuLaunchers (gpu_backend.py)

@@ -13,7 +13,9 @@ attributes. The key records
   `p.data = t` moves the storage;
 * every module's public plain attributes (BatchNorm's `eps`, an attention's `scale`,
   `model.distillation`, `training`, a parametrization's own settings...): nothing tells which
-  ones a layer reads, so all are recorded rather than a list that could fall behind;
+  ones a layer reads, so all are recorded rather than a list that could fall behind; and
+  every module's count of attributes, so that a new one shows too (`block.forward = ...` set
+  on the instance, which the plain forward would call);
 * the forward hooks of every module, and the global ones: the plan runs without them.
 
 Cost: the checks are C-level map() loops over flat lists, with hooks read again only when
@@ -36,8 +38,9 @@ _DATA_PTR = torch.Tensor.data_ptr
 _GET_ITEMS = operator.itemgetter.__call__
 _generations = itertools.count(1)
 
-# Module-level hooks run by every module's call; registered through torch.nn.modules.module.
-_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
+# Module-level hooks run by every module's call; registered through torch.nn.modules.module
+# (register_module_forward_hook / _pre_hook).
+GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks")
 
 
 def _public_attributes(module: nn.Module) -> List[str]:
@@ -49,7 +52,7 @@ def _public_attributes(module: nn.Module) -> List[str]:
 
 def _global_hooks():
     module = nn.modules.module
-    return [dict(getattr(module, name, {})) for name in _GLOBAL_HOOKS]
+    return [dict(getattr(module, name, {})) for name in GLOBAL_HOOKS]
 
 
 def _hooks(modules):
@@ -70,7 +73,8 @@ class StateKey:
         modules = list(model.modules())
         submodules = modules[1:]
         self._root_type = type(model)
-        self._root_getter = operator.itemgetter(*_public_attributes(model))
+        self._root_names = _public_attributes(model)
+        self._root_getter = operator.itemgetter(*self._root_names)
         self._root_attributes = self._root_getter(vars(model))
         self._modules = submodules
         self._types = list(map(type, submodules))
@@ -94,6 +98,7 @@ class StateKey:
         self._vars = [vars(m) for m in submodules]
         self._getters = [operator.itemgetter(*_public_attributes(m)) for m in submodules]
         self._attributes = list(map(_GET_ITEMS, self._getters, self._vars))
+        self._sizes = list(map(len, self._vars))
         # The model's own hooks run around any forward of it, fused or not: not recorded.
         self._hook_id = RemovableHandle.next_id
         self._hooks = _hooks(submodules) + _global_hooks()
@@ -107,13 +112,20 @@ class StateKey:
                     and list(map(_VERSION, self._versioned)) == self._versions
                     and list(map(_DATA_PTR, self._tensors)) == self._ptrs
                     and self._root_getter(vars(model)) == self._root_attributes
+                    and _public_attributes(model) == self._root_names
                     and list(map(_GET_ITEMS, self._getters, self._vars)) == self._attributes
+                    and list(map(len, self._vars)) == self._sizes
                     and self._hooks_unchanged())
         except Exception:   # noqa: BLE001 - a replaced tensor compares elementwise, or a
             return False    # recorded attribute is gone: either way the state is another
 
+    # A plan that runs the plain layers (a hook made the model one the plan does not fold)
+    # compares the hooks on every call: removing a hook does not move next_id, and the model
+    # should run fused again once it is gone. Its calls run the plain layers: the cost hides.
+    compare_hooks_always = False
+
     def _hooks_unchanged(self) -> bool:
-        if RemovableHandle.next_id == self._hook_id:
+        if RemovableHandle.next_id == self._hook_id and not self.compare_hooks_always:
             return True             # no hook was registered anywhere since the last look
         if _hooks(self._modules) + _global_hooks() != self._hooks:
             return False
