@@ -15,6 +15,11 @@ refuses with an error that says what to do:
     images that require grad                    the plain layers (gradients are exact)
     weights that require grad, images not       fused logits; backward() refuses, saying why
     meta init + to_empty + load_state_dict      the bias offsets are rebuilt
+    global module hooks, methods set on an      the plain layers (the key counts each
+    instance, dispatch / function modes,        module's attributes, so a new one shows);
+    tensor subclasses, forward-mode AD          a default-device context changes nothing
+    images of another dtype                     the plain layers: the plain model's answer
+                                                or error (float32 into bf16/fp16 converts)
 
 A two-stage LeViT at 64 px keeps every layer kind (stem, attention, shrinking attention, MLP,
 both heads) and makes plans, forwards and compiles fast.
