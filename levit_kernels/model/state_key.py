@@ -73,6 +73,8 @@ class StateKey:
         modules = list(model.modules())
         submodules = modules[1:]
         self._root_type = type(model)
+        # The root's public names rather than its attribute count: the fused model sets its
+        # own private `_plan` after this key is made.
         self._root_names = _public_attributes(model)
         self._root_getter = operator.itemgetter(*self._root_names)
         self._root_attributes = self._root_getter(vars(model))

@@ -281,8 +281,12 @@ def check_mlp(x, w1, b1, w2, b2, *, packed: bool = False, allowed: Mapping = OP_
 
 
 def _pair(name: str, value, minimum: int):
-    pair = (value, value) if isinstance(value, int) else \
-        tuple(value) if isinstance(value, (tuple, list)) else ()
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)):
+        pair = tuple(value)
+    else:
+        pair = ()       # 3.0, "3": refused below
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
                                  for v in pair):
         raise ValueError(f"{name}: expected an int or a pair of ints >= {minimum}, got {value!r}")

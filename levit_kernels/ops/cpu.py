@@ -170,10 +170,9 @@ def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
     n, k = weight.shape
     if n < 1 or k < 1:
         raise ValueError(f"weight: expected both dimensions >= 1, got shape {tuple(weight.shape)}")
+    # An int here (True or 2.0 would pass as one); packed_shape refuses one that does not
+    # divide K (python/bindings.cpp check_segments).
     segments = checks.check_int(segments, "segments", 1)
-    if k % segments:
-        raise ValueError(f"segments: expected a divisor of the weight's {k} columns (its equal "
-                         f"runs), got {segments}")
     if weight.stride(1) != 1 and k > 1:
         weight = weight.contiguous()
     packed = weight.new_empty(packed_shape(n, k, weight.dtype, segments))

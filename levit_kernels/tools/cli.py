@@ -171,9 +171,8 @@ def _create_model(args, checkpoint, **kwargs):
 def _out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is a failed allocation: Python's, or PyTorch's allocators' (a RuntimeError
     that says so, or torch.OutOfMemoryError on CUDA)."""
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", ()) if torch is not None else ()
-    return isinstance(exc, (MemoryError,) + ((oom,) if oom else ())) or (
+    torch_oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", MemoryError)
+    return isinstance(exc, (MemoryError, torch_oom)) or (
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
