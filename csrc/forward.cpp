@@ -8,6 +8,7 @@
 #include "forward.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,20 @@ void require(bool ok, const std::string& what) {
 }
 
 std::string str(int64_t v) { return std::to_string(v); }
+
+// Element counts of a layer, checked: sizes from a bad layer (a padding of 2^33) would wrap
+// around int64 and size the workspace too small. No real LeViT comes near the limit.
+constexpr int64_t kMaxElements = int64_t{1} << 48;
+constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;  // a side, kernel, stride or padding
+
+int64_t elements(std::initializer_list<int64_t> dims, const char* layer) {
+  int64_t n = 1;
+  for (int64_t d : dims)
+    if (__builtin_mul_overflow(n, d, &n) || n > kMaxElements)
+      throw std::invalid_argument(std::string(layer) + ": its activations would exceed 2^48 "
+                                  "elements per image (check its sizes, stride and padding)");
+  return n;
+}
 
 // Regions start 128 bytes apart in float32, 64 in bf16 (whole cache lines either way).
 int64_t aligned(int64_t n) { return (n + 31) / 32 * 32; }
@@ -61,6 +76,8 @@ ProgramT<T>::ProgramT(int64_t in_channels, int64_t height, int64_t width)
       channels_(in_channels) {
   require(in_channels >= 1 && height >= 1 && width >= 1,
           "images: expected channels, height and width >= 1");
+  require(in_channels <= kMaxDim && height <= kMaxDim && width <= kMaxDim,
+          "images: expected channels, height and width <= " + str(kMaxDim));
 }
 
 template <class T>
@@ -79,15 +96,19 @@ void ProgramT<T>::add_conv(const ConvLayerT<T>& l) {
                                   str(l.cin));
   require(l.cout >= 1 && l.kernel >= 1 && l.stride >= 1 && l.pad >= 0,
           "conv: expected cout, kernel, stride >= 1 and pad >= 0");
+  require(l.kernel <= kMaxDim && l.stride <= kMaxDim && l.pad <= kMaxDim,
+          "conv: expected kernel, stride and pad <= " + str(kMaxDim));
   const int64_t ho = (rows_ + 2 * l.pad - l.kernel) / l.stride + 1;
   const int64_t wo = (cols_ + 2 * l.pad - l.kernel) / l.stride + 1;
   require(rows_ + 2 * l.pad >= l.kernel && cols_ + 2 * l.pad >= l.kernel,
           "conv: the " + str(rows_) + "x" + str(cols_) + " input is smaller than the kernel");
-  convs_.push_back(l);
   // its input with this conv's zero border (the padded images, or the previous output)
-  grow((rows_ + 2 * l.pad) * (cols_ + 2 * l.pad) * channels_, 0, 0, 0);
+  const int64_t padded = elements({rows_ + 2 * l.pad, cols_ + 2 * l.pad, channels_}, "conv");
+  const int64_t output = elements({ho, wo, l.cout}, "conv");
+  convs_.push_back(l);
+  grow(padded, 0, 0, 0);
   rows_ = ho, cols_ = wo, channels_ = l.cout;
-  grow(ho * wo * l.cout, 0, 0, 0);
+  grow(output, 0, 0, 0);
 }
 
 template <class T>
@@ -98,6 +119,9 @@ void ProgramT<T>::add_attention(const AttentionLayerT<T>& l) {
                                        " input channels, got " + str(l.channels));
   require(l.heads >= 1 && l.dk >= 1 && l.dv >= 1 && l.subsample >= 1 && l.out_channels >= 1,
           "attention: expected heads, dk, dv, subsample and out_channels >= 1");
+  for (int64_t v : {l.heads, l.dk, l.dv, l.subsample, l.out_channels, l.head_width, l.q_offset,
+                    l.k_offset, l.v_offset})
+    require(v <= kMaxDim, "attention: expected sizes and offsets <= " + str(kMaxDim));
   require(l.subsample > 1 || l.out_channels == l.channels,
           "attention: a self-attention block keeps the width (residual)");
   require(l.subsample == 1 || l.q_packed != nullptr, "attention: shrinking needs q weights");
@@ -109,17 +133,20 @@ void ProgramT<T>::add_attention(const AttentionLayerT<T>& l) {
               (shrinking || inside(l.q_offset, l.dk)),
           "attention: q, k and v must lie inside each head's slot of " + str(l.head_width) +
               " channels");
+  const int64_t n = rows_ * cols_;
+  const int64_t nq = shrinking ? ((rows_ - 1) / l.subsample + 1) * ((cols_ - 1) / l.subsample + 1)
+                               : n;
+  const int64_t act = elements({nq, l.out_channels}, "attention");
+  const int64_t qkv = elements({n, l.heads, l.head_width}, "attention");
+  const int64_t q_width = elements({l.heads, l.dk}, "attention");
+  const int64_t sub = shrinking ? elements({nq, l.channels + q_width}, "attention") : 0;
+  const int64_t attn = elements({nq, l.heads, l.dv}, "attention");
   tokens_started_ = true;
   const Geometry in{rows_, cols_, channels_};
-  const int64_t n = rows_ * cols_;
-  if (!shrinking) {
-    grow(n * l.channels, n * l.heads * l.head_width, 0, n * l.heads * l.dv);
-  } else {
+  grow(act, qkv, sub, attn);
+  if (shrinking) {
     rows_ = (rows_ - 1) / l.subsample + 1;
     cols_ = (cols_ - 1) / l.subsample + 1;
-    const int64_t nq = rows_ * cols_;
-    grow(nq * l.out_channels, n * l.heads * l.head_width,
-         nq * (l.channels + l.heads * l.dk), nq * l.heads * l.dv);
   }
   channels_ = l.out_channels;
   layers_.emplace_back(Attention{l, in});

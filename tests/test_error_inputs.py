@@ -678,3 +678,109 @@ def test_forward_program_attention_refuses_bad_sizes(name, value):
     kwargs[name] = value
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         program.add_attention(**kwargs)
+
+
+@needs_extension
+@pytest.mark.parametrize("name", ["offsets", "padding"])
+def test_forward_program_refuses_sizes_that_would_overflow(name):
+    """A conv padding of 2**33 made the workspace size wrap around int64 (negative): the
+    program then ran on an empty workspace and crashed. Offsets must be ints."""
+    program = cpu.ForwardProgram(3, 32, 32)
+    if name == "padding":
+        for stride, padding in ((3, 2 ** 33), (1, 2 ** 30)):
+            with pytest.raises(ValueError, match=r"^(padding|conv)\b"):
+                program.add_conv(cpu.PackedConv(torch.randn(8, 3, 3, 3), None, stride, padding),
+                                 "none")
+        assert program._program.workspace_elements(batch=2) >= 0
+        return
+    program.add_conv(cpu.PackedConv(torch.randn(16, 3, 3, 3), None, 2, 1), "none")
+    with pytest.raises(ValueError, match=r"^offsets\['k'\]"):
+        program.add_attention(qkv=cpu.PackedLinear(torch.randn(2 * (8 + 8 + 8), 16)),
+                              proj=cpu.PackedLinear(torch.randn(16, 2 * 8)),
+                              bias=torch.randn(2, 256, 256), heads=2, key_dim=8, val_dim=8,
+                              scale=0.3, offsets={"q": 0, "k": 8.0, "v": 16})
+
+
+@needs_extension
+@pytest.mark.parametrize("out_features", [2 ** 63 - 1, N + 16, 0])
+def test_packed_ops_name_out_features_beyond_the_panels(out_features):
+    """A packed weight of one 16-column panel holds 1..16 outputs; a huge count used to
+    overflow the expected shape (a negative size in the message)."""
+    a = valid("linear_packed", "cpu")
+    pattern = r"^out_features\b.*positive" if out_features == 0 else \
+        (rf"^packed_weight: shape \(1, {K}, 16\).*1\.\.16 output features, "
+         rf"not out_features={out_features}$")
+    with pytest.raises(ValueError, match=pattern):
+        ops.linear_packed(a["x"], a["packed_weight"], out_features)
+
+
+@needs_extension
+def test_pack_weight_names_segments_past_int64():
+    with pytest.raises(ValueError, match=r"^segments\b"):
+        cpu.pack_weight(torch.randn(4, 6), 2 ** 64)
+
+
+# ---------------------------------------------------------------- autograd and torch.func
+# The cpu.* and gpu.* launchers compute values only. An input that requires grad used to give
+# a result without grad_fn (a silently wrong gradient); under torch.func the kernels found no
+# storage.
+LAUNCHER_FAMILIES = [pytest.param(i, f, marks=_marks(i, f), id=f"{i}.{f}")
+                     for i in ("cpu", "gpu")
+                     for f in ("attention", "attention_probs", "linear", "mlp", "linear_packed",
+                               "mlp_packed")
+                     if i == "cpu" or not f.endswith("_packed")]
+
+
+def _first_input(impl, family):
+    """The valid arguments, and the index and name of the first tensor (x or q)."""
+    a = valid(family, device_of(impl))
+    args = [a[name] for name in SIGNATURES[family]]
+    index = next(i for i, name in enumerate(SIGNATURES[family]) if name in ("x", "q"))
+    return args, index, SIGNATURES[family][index]
+
+
+@pytest.mark.parametrize("impl, family", LAUNCHER_FAMILIES)
+def test_launchers_refuse_inputs_that_require_grad(impl, family):
+    args, index, name = _first_input(impl, family)
+    args[index] = args[index].clone().requires_grad_()
+    pattern = rf"^{name}: requires grad.*levit_kernels.{impl}.*no_grad"
+    with pytest.raises(RuntimeError, match=pattern):
+        entry(impl, family)(*args)
+    with torch.no_grad():    # no graph is recorded: nothing is lost
+        entry(impl, family)(*args)
+
+
+@pytest.mark.parametrize("impl, family", LAUNCHER_FAMILIES)
+def test_launchers_name_a_torch_func_transform(impl, family):
+    args, index, name = _first_input(impl, family)
+
+    def call(t):
+        return entry(impl, family)(*args[:index], t, *args[index + 1:])
+
+    with pytest.raises(TypeError, match=rf"^{name}: a torch.func transform.*levit_kernels.ops"):
+        torch.func.vmap(call)(torch.stack([args[index]] * 2))
+
+
+@needs_extension
+def test_cpu_launchers_refuse_a_weight_that_requires_grad_even_for_empty_inputs():
+    w = torch.randn(5, 6, requires_grad=True)
+    for x in (torch.randn(3, 6), torch.randn(0, 6)):
+        with pytest.raises(RuntimeError, match=r"^weight: requires grad"):
+            cpu.linear(x, w)
+
+
+@needs_extension
+def test_prepared_layers_refuse_tracked_inputs_and_hold_the_bias_detached():
+    bias = torch.randn(6, requires_grad=True)
+    layer = cpu.PackedLinear(torch.randn(6, 8), bias)
+    assert not layer.bias.requires_grad
+    with pytest.raises(RuntimeError, match=r"^x: requires grad"):
+        layer(torch.randn(2, 8, requires_grad=True))
+    mlp = cpu.PackedMlp(torch.randn(12, 8), torch.randn(12), torch.randn(8, 12), torch.randn(8))
+    with pytest.raises(TypeError, match=r"^x: a torch.func transform"):
+        torch.func.vmap(mlp)(torch.randn(3, 2, 8))
+    with pytest.raises(RuntimeError, match=r"^images: requires grad"):
+        program = cpu.ForwardProgram(3, 16, 16)
+        program.add_conv(cpu.PackedConv(torch.randn(8, 3, 3, 3), None, 2, 1), "none")
+        program.set_head(cpu.PackedLinear(torch.randn(4, 8)))
+        program(torch.randn(1, 3, 16, 16, requires_grad=True))

@@ -191,7 +191,8 @@ def test_attention_that_does_not_fit(part, match):
 @pytest.mark.parametrize("offsets,match", [
     ({"q": 0, "k": 4}, r"offsets: expected the offsets of \['k', 'q', 'v'\]"),
     ({"q": 0, "k": 4, "v": 9}, "q, k and v must lie inside each head's slot of 16 channels"),
-    ({"q": -1, "k": 4, "v": 8}, "q, k and v must lie inside each head's slot"),
+    ({"q": -1, "k": 4, "v": 8}, r"offsets\['q'\]: expected an int >= 0"),
+    ({"q": 0, "k": 4.0, "v": 8}, r"offsets\['k'\]: expected an int >= 0"),
 ])
 def test_attention_slot_offsets_are_checked(offsets, match):
     with pytest.raises(ValueError, match=match):

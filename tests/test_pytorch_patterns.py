@@ -556,3 +556,13 @@ def test_compile_after_an_edit_that_changes_the_output_shape(compiler):
                                                r"compiled model again"):
             compiled(x)
         assert_same(compiled(x), plain(x))
+
+
+def test_an_empty_batch_gives_empty_logits_in_both_models():
+    """The plain model used to fail on batch 0 (a reshape with -1 has no answer for 0
+    elements) while the fused one returned (0, classes); both now return it."""
+    plain, fused = pair()
+    with torch.no_grad():
+        for model in (plain, fused):
+            out = model(images(batch=0))
+            assert out.shape == (0, CLASSES) and out.dtype == torch.float32

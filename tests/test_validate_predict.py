@@ -225,6 +225,21 @@ def _assert_rows_equal(got, want):
                                                    abs=1e-6)
 
 
+def test_links_that_loop_are_walked_once(tmp_path):
+    """Two links back to the parent double the paths at every level: os.walk alone would
+    not end. Each real folder is walked once, so each image is found once."""
+    from levit_kernels.tools.images import walk_images
+    root = tmp_path / "d"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.png").write_bytes(b"")
+    (root / "sub" / "b.jpg").write_bytes(b"")
+    for name in ("up1", "up2"):
+        os.symlink("..", root / "sub" / name)
+    os.symlink(str(root / "sub"), root / "again")     # one folder reached by two paths
+    found = walk_images(str(root))
+    assert sorted(os.path.basename(f) for f in found) == ["a.png", "b.jpg"]
+
+
 def test_predict_csv_every_readable_file_once_in_order(image_set, tmp_path, capsys):
     """Inputs in the order given: a folder (recursive), a list file (a folder, a file, a
     missing file, a comment), a file named twice; class names from the checkpoint."""
@@ -407,6 +422,8 @@ def _folder(tmp_path, *files):
     (lambda p: ["predict", _folder(p, "x.jpg", "l.txt"), "--out", str(p / "o.csv"), "--labels",
                 str(p / "set" / "l.txt"), "--checkpoint", _tiny_checkpoint(p), *MODEL_ARGS],
      "1 names for a model of 2 classes"),
+    (lambda p: ["predict", _folder(p, "x.jpg"), "--out", str(p / "o.csv"), "--labels",
+                _list_file(p, "")[1:]], "the file is empty"),
     (lambda p: ["predict", "--out", str(p / "o.csv")], "required: INPUT"),
 ])
 def test_bad_input_is_one_line_and_exit_2(make_args, message, tmp_path, capsys):

@@ -110,7 +110,9 @@ class Subsample(nn.Module):
     def forward(self, x):
         batch, _, channels = x.shape
         x = x.view(batch, self.resolution[0], self.resolution[1], channels)
-        return x[:, ::self.stride, ::self.stride].reshape(batch, -1, channels)
+        x = x[:, ::self.stride, ::self.stride]
+        # Sizes spelled out, never -1, here and below: -1 is ambiguous for a batch of 0.
+        return x.reshape(batch, x.shape[1] * x.shape[2], channels)
 
 
 def bias_offsets(q_res: Tuple[int, int], k_res: Tuple[int, int], stride: int,
@@ -136,8 +138,8 @@ def split_heads(t: torch.Tensor, heads: int, parts: Dict[str, int]) -> Tuple[tor
     `parts` is the per-head slot layout of an attention projection, in channel order
     ({"q": Dk, "k": Dk, "v": Dv} for self-attention): the one place that layout is written.
     """
-    batch, n, _ = t.shape
-    pieces = t.view(batch, n, heads, -1).split(list(parts.values()), dim=3)
+    batch, n, width = t.shape
+    pieces = t.view(batch, n, heads, width // heads).split(list(parts.values()), dim=3)
     return tuple(p.permute(0, 2, 1, 3) for p in pieces)
 
 
@@ -205,7 +207,7 @@ class Attention(AttentionBias):
         q, k, v = split_heads(self.qkv(x), self.num_heads, self.head_parts)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.gathered_bias()
         x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(batch, n, -1))
+        return self.proj(x.transpose(1, 2).reshape(batch, n, self.num_heads * self.val_dim))
 
 
 class AttentionDownsample(AttentionBias):
@@ -234,10 +236,12 @@ class AttentionDownsample(AttentionBias):
     def forward(self, x):
         batch, n, _ = x.shape
         k, v = split_heads(self.kv(x), self.num_heads, self.head_parts)
-        q = self.q(x).view(batch, -1, self.num_heads, self.key_dim).permute(0, 2, 1, 3)
+        q = self.q(x)
+        q = q.view(batch, q.shape[1], self.num_heads, self.key_dim).permute(0, 2, 1, 3)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.gathered_bias()
         x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(batch, q.shape[2], -1))
+        return self.proj(x.transpose(1, 2).reshape(batch, q.shape[2],
+                                                    self.num_heads * self.val_dim))
 
 
 class LevitMlp(nn.Module):

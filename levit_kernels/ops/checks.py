@@ -116,14 +116,44 @@ def check_flag(value, name: str) -> bool:
     return value
 
 
-def check_int(value, name: str, minimum: int):
-    """An int argument >= minimum (a SymInt under torch.compile passes as it is); int() would
-    truncate 1.9 to 1 and take "2" for 2."""
+# torch.func transforms (vmap, grad, jacrev...) hand functions wrapper tensors with no storage.
+is_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
+                         lambda t: False)
+
+
+def check_untracked(named, launchers: str, grad: bool = True) -> None:
+    """For the launchers (cpu.*, gpu.*), which compute values only: refuse, naming the
+    argument, what autograd or a torch.func transform would track, since the result would
+    silently lose its gradient (grad=False: a packing, meant for parameters) or the kernels
+    would find no storage. `named`: (name, value) pairs; non-tensors are skipped."""
+    tracking = grad and torch.is_grad_enabled()
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if is_transformed(t):
+            _fail(TypeError, name, f"a torch.func transform (vmap, grad, ...) is active; the "
+                                   f"{launchers} launchers take plain tensors: use "
+                                   f"levit_kernels.ops.* (registered torch ops) inside "
+                                   f"transforms")
+        if tracking and t.requires_grad:
+            _fail(RuntimeError, name, f"requires grad, but the {launchers} kernels compute no "
+                                      f"gradients; call them under torch.no_grad() or with "
+                                      f"detached tensors, or use levit_kernels.reference.* for "
+                                      f"a differentiable answer")
+
+
+INT64_MAX = 2 ** 63 - 1   # every int goes to C++ as an int64
+
+
+def check_int(value, name: str, minimum: int, maximum: int = INT64_MAX):
+    """An int argument in [minimum, maximum] (a SymInt under torch.compile passes as it is);
+    int() would truncate 1.9 to 1 and take "2" for 2."""
     if isinstance(value, torch.SymInt):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
+            or value > maximum):
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        _fail(ValueError, name, f"expected {wanted}, got {value!r}")
+        _fail(ValueError, name, f"expected {wanted} (at most {maximum}), got {value!r}")
     return int(value)
 
 
@@ -180,6 +210,12 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
     if packed.dtype not in CPU_DTYPES:
         _fail(TypeError, name, f"expected dtype in {[str(d) for d in CPU_DTYPES]} (what "
                                f"pack_weight packs), got {packed.dtype}")
+    panels = packed.shape[0]
+    if not (panels - 1) * PANEL < out_features <= panels * PANEL:
+        # (also keeps a huge out_features from overflowing the shape computed below)
+        _fail(ValueError, name, f"shape {tuple(packed.shape)}: its {panels} panel(s) of {PANEL} "
+                                f"columns hold {(panels - 1) * PANEL + 1}..{panels * PANEL} "
+                                f"output features, not out_features={out_features}")
     expected = packed_shape(out_features, in_features, packed.dtype, segments)
     if tuple(packed.shape) != expected:
         _fail(ValueError, name, f"expected shape {expected} (a ({out_features}, {in_features}) "

@@ -48,6 +48,9 @@ __all__ = [
 # What these launchers take (checks.check_same): CPU tensors of the CPU dtypes.
 CPU_ONLY = {"cpu": checks.CPU_DTYPES}
 ON_CPU = "a CPU tensor"
+# The largest image side, kernel, stride, padding or head size a ForwardProgram takes
+# (csrc/forward.cpp kMaxDim).
+MAX_SIDE = 2 ** 31 - 1
 
 
 # ---------------------------------------------------------------- ISA switch
@@ -115,6 +118,10 @@ def _cpu_tensor(t, name: str, **dims) -> None:
     checks.check_same([(name, t)], CPU_ONLY, ON_CPU)
 
 
+def _plain_inputs(*named, grad: bool = True) -> None:
+    checks.check_untracked(named, "levit_kernels.cpu", grad)
+
+
 def _any_strides(t, name: str):
     """For launchers that copy their input anyway: a tensor of any strides made contiguous
     (after its size is checked); anything else is returned for the full checks to reject."""
@@ -126,6 +133,7 @@ def _any_strides(t, name: str):
 
 # ---------------------------------------------------------------- attention
 def _attention(q, k, v, bias, scale, hardswish: bool, probs: bool) -> torch.Tensor:
+    _plain_inputs(("q", q), ("k", k), ("v", v), ("bias", bias))
     batch, heads, n_q, n_k, d_k, d_v = checks.check_attention(q, k, v, bias, probs=probs,
                                                               allowed=CPU_ONLY, devices=ON_CPU)
     scale = checks.check_scale(scale)
@@ -166,6 +174,7 @@ def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
     """Pack a (N, K) weight into zero-padded column panels, the same for every ISA path:
     float32 (ceil(N/PANEL), K, PANEL); bfloat16 (ceil(N/PANEL), K pairs, PANEL, 2), K taken
     as `segments` runs each padded to pairs (1 for a linear layer; a conv's kernel rows)."""
+    _plain_inputs(("weight", weight), grad=False)
     _cpu_tensor(weight, "weight", ndim=2, unit_last_stride=False)
     n, k = weight.shape
     if n < 1 or k < 1:
@@ -198,6 +207,7 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, out_features: int,
                   bias: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
                   activation: str = "none") -> torch.Tensor:
     """act(x·Wᵀ + bias) + residual with W pre-packed by `pack_weight`."""
+    _plain_inputs(("x", x), ("packed_weight", packed), ("bias", bias), ("residual", residual))
     checks.check_int(out_features, "out_features", 1)   # None would mean an unpacked weight
     checks.check_linear(x, packed, bias, residual, activation, out_features=out_features,
                         allowed=CPU_ONLY, devices=ON_CPU)
@@ -209,6 +219,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
            residual: Optional[torch.Tensor] = None, activation: str = "none") -> torch.Tensor:
     """act(x·weightᵀ + bias) + residual; weight (N, K) is packed on the fly. Every tensor
     may have any strides (they are copied, after their sizes are checked)."""
+    _plain_inputs(("x", x), ("weight", weight), ("bias", bias), ("residual", residual))
     x, weight, bias, residual = (_any_strides(t, name) for t, name in (
         (x, "x"), (weight, "weight"), (bias, "bias"), (residual, "residual")))
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation, allowed=CPU_ONLY,
@@ -237,6 +248,8 @@ def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
 
     The hidden sizes come from b1 (Ch,) and b2 (C,).
     """
+    _plain_inputs(("x", x), ("w1_packed", w1_packed), ("b1", b1), ("w2_packed", w2_packed),
+                  ("b2", b2))
     checks.check_mlp(x, w1_packed, b1, w2_packed, b2, packed=True, allowed=CPU_ONLY,
                      devices=ON_CPU)
     return _mlp(x.contiguous(), w1_packed, b1.contiguous(), w2_packed, b2.contiguous())
@@ -245,6 +258,7 @@ def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor) -> torch.Tensor:
     """LeViT's residual MLP x + hardswish(x·w1ᵀ + b1)·w2ᵀ + b2 in one call."""
+    _plain_inputs(("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))
     x = _any_strides(x, "x")
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=CPU_ONLY, devices=ON_CPU)
     if x.numel() == 0 or channels == 0 or hidden == 0:
@@ -274,6 +288,7 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
     W (Cout, Cin, kh, kw) packed by `pack_conv_weight`. Equals
     F.conv2d(x.permute(0, 3, 1, 2), W, bias, stride, padding) (+ Hardswish), permuted back
     to (B, Ho, Wo, Cout) and made contiguous."""
+    _plain_inputs(("x", x), ("packed_weight", packed), ("bias", bias))
     batch, h, w, cin, kh, kw, ho, wo = checks.check_conv2d_packed(
         x, packed, out_channels, kernel_size, stride, padding, bias, activation,
         allowed=CPU_ONLY, devices=ON_CPU)
@@ -294,11 +309,13 @@ def conv2d_packed(x: torch.Tensor, packed: torch.Tensor, out_channels: int, kern
 # those weights on every call is a visible part of a batch-1 forward. These hold a weight
 # packed and checked once, and take a fast path for activations that are already contiguous
 # CPU tensors of the weight's dtype and the right width; anything else goes through the full
-# checks.
+# checks. They are for inference: their outputs never require grad (the bias is held
+# detached; inputs that require grad are refused while grad mode is on).
 def _ready(x, features: int, dtype: torch.dtype) -> bool:
     """x is a contiguous CPU tensor (..., features) of `dtype`: nothing to check or copy."""
     return (type(x) is torch.Tensor and x.dtype is dtype and x.is_cpu and x.dim() > 0
-            and x.shape[-1] == features and x.is_contiguous())
+            and x.shape[-1] == features and x.is_contiguous() and not x.requires_grad
+            and not checks.is_transformed(x))
 
 
 class PackedLinear:
@@ -310,7 +327,7 @@ class PackedLinear:
         checks.check_bias(bias, self.out_features)
         if bias is not None:
             checks.check_same([("weight", weight), ("bias", bias)])
-            bias = bias.contiguous()
+            bias = bias.detach().contiguous()
         self.bias = bias
 
     def __call__(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
@@ -350,11 +367,13 @@ class PackedConv:
         self.out_channels, self.in_channels, kh, kw = weight.shape
         if kh != kw:
             raise ValueError(f"weight: expected a square kernel, got shape {tuple(weight.shape)}")
-        self.kernel_size, self.stride, self.padding = kh, stride, padding
+        self.kernel_size = kh
+        self.stride = checks.check_int(stride, "stride", 1, MAX_SIDE)
+        self.padding = checks.check_int(padding, "padding", 0, MAX_SIDE)
         self.packed = pack_conv_weight(weight)
         checks.check_bias(bias, self.out_channels)
         checks.check_same([("weight", weight), ("bias", bias)])
-        self.bias = None if bias is None else bias.contiguous()
+        self.bias = None if bias is None else bias.detach().contiguous()
 
     def __call__(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
         return conv2d_packed(x, self.packed, self.out_channels, self.kernel_size, self.stride,
@@ -379,6 +398,8 @@ class ForwardProgram:
         if dtype not in KERNEL_DTYPES:
             raise TypeError(f"dtype: expected one of {[str(d) for d in KERNEL_DTYPES]}, got "
                             f"{dtype}")
+        for name, value in (("in_channels", in_channels), ("height", height), ("width", width)):
+            checks.check_int(value, name, 1, MAX_SIDE)
         cls = _lib().Program if dtype == torch.float32 else _lib().ProgramBf16
         self._program = cls(in_channels=in_channels, height=height, width=width)
         self.dtype = dtype
@@ -417,7 +438,7 @@ class ForwardProgram:
         its own) start inside a slot, as the model lays its projection out."""
         for name, value in (("heads", heads), ("key_dim", key_dim), ("val_dim", val_dim),
                             ("subsample", subsample)):
-            checks.check_int(value, name, 1)
+            checks.check_int(value, name, 1, MAX_SIDE)
         p, shrinking = self._program, subsample > 1
         for name, layer in (("qkv", qkv), ("proj", proj), ("q", q)):
             if layer is not None:
@@ -430,6 +451,8 @@ class ForwardProgram:
         if set(offsets) != set(parts):
             raise ValueError(f"offsets: expected the offsets of {sorted(parts)}, got "
                              f"{dict(offsets)}")
+        for part, offset in offsets.items():
+            checks.check_int(offset, f"offsets[{part!r}]", 0, MAX_SIDE)
         expected = [("qkv", qkv.in_features, channels),
                     ("qkv", qkv.out_features, heads * sum(parts.values())),
                     ("proj", proj.in_features, heads * val_dim)]
@@ -474,6 +497,7 @@ class ForwardProgram:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) CPU images of the program's dtype, any strides -> (B, output_features)
         of that dtype."""
+        _plain_inputs(("images", images))
         _cpu_tensor(images, "images", ndim=4, unit_last_stride=False)
         self._check_dtype("images", images)
         expected = (self.in_channels, self.height, self.width)

@@ -114,9 +114,19 @@ def is_image_file(name: str) -> bool:
 
 def walk_images(folder: str) -> List[str]:
     """Image files under `folder`, recursively (links followed, as torchvision's ImageFolder
-    does), in a fixed order: each folder's files sorted by name, then its subfolders."""
+    does, but each real folder walked once, so links that loop end), in a fixed order: each
+    folder's files sorted by name, then its subfolders."""
     found = []
+    seen = set()   # (device, inode) of each folder walked: links back up would loop forever
     for root, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         found += [os.path.join(root, name) for name in sorted(files) if is_image_file(name)]
     return found

@@ -34,11 +34,13 @@ def read_labels(path: str) -> List[str]:
     """A labels file: the name of class i on line i (trailing blank lines ignored)."""
     try:
         with open(path, encoding="utf-8") as f:
-            names = [line.strip() for line in f.read().rstrip("\n").split("\n")]
+            text = f.read().rstrip("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--labels {path!r}: cannot read it: "
                          f"{getattr(exc, 'strerror', None) or exc}")
-    return names
+    if not text:   # "".split("\n") would be one empty name
+        raise UsageError(f"--labels {path!r}: the file is empty (expected one class name a line)")
+    return [line.strip() for line in text.split("\n")]
 
 
 def _csv_writer(f, topk: int) -> Callable:

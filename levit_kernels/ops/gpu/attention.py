@@ -48,8 +48,8 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
-                     hardswish, load_tile)
+from .common import (GPU_DEVICES, LAUNCHERS, RUNTIME, check_out, dot, dot_precision,
+                     gpu_dtypes, hardswish, load_tile)
 from .tuning import Config, Tuner, pow2
 
 LOG2E = 1.4426950408889634
@@ -252,6 +252,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
     q/k/v are read through their strides (never copied). `out`, if given, must be a
     contiguous (B, Nq, H*Dv) tensor of q's dtype and device; it is returned."""
+    checks.check_untracked((("q", q), ("k", k), ("v", v), ("bias", bias), ("out", out)),
+                           LAUNCHERS)
     batch, heads, n_q, _, _, d_v = checks.check_attention(
         q, k, v, bias, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
@@ -286,6 +288,7 @@ def launch_attention(q, k, v, bias, scale: float, hardswish: bool, out: torch.Te
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, *,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(scale * q @ k^T + bias) -> (B, H, Nq, Nk) contiguous (`out` as in attention)."""
+    checks.check_untracked((("q", q), ("k", k), ("bias", bias), ("out", out)), LAUNCHERS)
     batch, heads, n_q, n_k, d_k, _ = checks.check_attention(
         q, k, None, bias, probs=True, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)

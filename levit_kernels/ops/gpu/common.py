@@ -21,6 +21,7 @@ import triton.language as tl
 from .. import checks
 
 GPU_DEVICES = "a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1)"
+LAUNCHERS = "levit_kernels.gpu"   # how checks.check_untracked names these launchers
 
 # float32 dot products: "tf32x3" (the default) splits each operand into a TF32 high part and a
 # TF32 remainder and sums three tensor-core products: float32-level error (measured in

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
-                     grouped_tile, hardswish)
+from .common import (GPU_DEVICES, LAUNCHERS, RUNTIME, check_out, dot, dot_precision,
+                     gpu_dtypes, grouped_tile, hardswish)
 from .linear import prune_gemm
 from .tuning import Config, Tuner, gemm_interpret
 
@@ -99,6 +99,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """act(conv2d(x, weight, bias, stride, padding)) in NHWC: x (B, H, W, Cin), any strides ->
     (B, Ho, Wo, Cout) contiguous. Equals F.conv2d on x.permute(0, 3, 1, 2), permuted back."""
+    checks.check_untracked((("x", x), ("weight", weight), ("bias", bias), ("out", out)),
+                           LAUNCHERS)
     checks.check_activation(activation)
     checks.check_tensor(x, "x", ndim=4, unit_last_stride=False)
     checks.check_tensor(weight, "weight", ndim=4, unit_last_stride=False)

@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 from .. import checks
-from .common import (GPU_DEVICES, RUNTIME, check_out, dot, dot_precision, gpu_dtypes,
-                     grouped_tile, hardswish)
+from .common import (GPU_DEVICES, LAUNCHERS, RUNTIME, check_out, dot, dot_precision,
+                     gpu_dtypes, grouped_tile, hardswish)
 from .tuning import Config, Tuner, gemm_interpret, interpret_tile, pow2
 
 # Dynamic shared memory one block may use (bytes): sm_80 163 KB, sm_86/89 99 KB, sm_90 227 KB.
@@ -201,6 +201,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """act(x @ weight^T + bias) + residual -> (..., N) contiguous, in x's dtype.
 
     `out`, if given, must be a contiguous (..., N) tensor of x's dtype and device."""
+    checks.check_untracked((("x", x), ("weight", weight), ("bias", bias), ("residual", residual),
+                            ("out", out)), LAUNCHERS)
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation,
                                       allowed=gpu_dtypes(), devices=GPU_DEVICES)
     out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x)
@@ -245,6 +247,8 @@ def launch_linear(x, weight, bias, residual, activation: str, out: torch.Tensor)
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x + hardswish(x @ w1^T + b1) @ w2^T + b2 -> (..., C) contiguous, in x's dtype."""
+    checks.check_untracked((("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2),
+                            ("out", out)), LAUNCHERS)
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=gpu_dtypes(),
                                         devices=GPU_DEVICES)
     if channels > MLP_FUSED_MAX_C or hidden == 0 or channels == 0:
