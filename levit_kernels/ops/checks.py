@@ -153,7 +153,9 @@ def check_int(value, name: str, minimum: int, maximum: int = INT64_MAX):
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum
             or value > maximum):
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        _fail(ValueError, name, f"expected {wanted} (at most {maximum}), got {value!r}")
+        too_big = isinstance(value, numbers.Integral) and value > maximum
+        bound = f" <= {maximum}" if too_big or maximum != INT64_MAX else ""
+        _fail(ValueError, name, f"expected {wanted}{bound}, got {value!r}")
     return int(value)
 
 
