@@ -156,12 +156,23 @@ void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segme
         for (int64_t q = 0; q < run_pairs; ++q)
           for (int64_t e = 0; e < 2; ++e) {
             const int64_t kk = 2 * q + e;  // inside the run
-            const bool real = c < rows && kk < run;
-            dst[((s * run_pairs + q) * kPanel + c) * 2 + e] =
-                real ? src[s * run + kk] : bf16{0};
+            bf16 v{0};
+            if (kk == run) v.bits = kRunPadBits;     // an odd run's padding, every column
+            else if (c < rows) v = src[s * run + kk];
+            dst[((s * run_pairs + q) * kPanel + c) * 2 + e] = v;
           }
     }
   });
+}
+
+bool run_padding_matches(const bf16* packed, int64_t k, int64_t segments) {
+  const int64_t run = k / segments, run_pairs = (run + 1) / 2;
+  bool marked = true;  // every slot where an odd run's padding would be holds the marker
+  for (int64_t s = 0; s < segments; ++s)
+    for (int64_t c = 0; c < kPanel; ++c)
+      marked = marked && packed[((s * run_pairs + run_pairs - 1) * kPanel + c) * 2 + 1].bits ==
+                             kRunPadBits;
+  return marked == (run % 2 == 1);
 }
 
 void gemm_rows_cols(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,

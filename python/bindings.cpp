@@ -231,6 +231,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype") = "float32", py::arg("segments") = 1,
         "Shape of an (n, k) weight packed by pack_weight: (panels, k, PANEL) in float32, "
         "(panels, k pairs, PANEL, 2) in bfloat16 (gemm_bf16.h).");
+  m.def(
+      "run_padding_matches",
+      [](std::uintptr_t packed, int64_t k, int64_t segments) {
+        check_segments(k, segments);
+        return levit::run_padding_matches(ptr<const bf16>(packed), k, segments);
+      },
+      kw, py::arg("packed"), py::arg("k"), py::arg("segments") = 1,
+      "Whether a bf16 packed weight was packed for K = k in `segments` runs, not for K one "
+      "off per run (the same shape; gemm_bf16.h kRunPadBits).");
   m.def("pack_weight", &pack_weight, release(), kw, py::arg("w"), py::arg("n"), py::arg("k"),
         py::arg("ldw"), py::arg("packed"), py::arg("nthreads"), py::arg("dtype") = "float32",
         py::arg("segments") = 1);

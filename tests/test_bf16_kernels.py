@@ -93,11 +93,14 @@ def test_rounding_is_nearest_even_and_keeps_nan(every_isa):
 
 
 def _packed_reference(w, segments):
-    """pack_weight's bf16 layout written from gemm_bf16.h's formula, independently."""
+    """pack_weight's bf16 layout written from gemm_bf16.h's formula, independently: an odd
+    run's padding slot (every column) holds kRunPadBits, 0x7F7F, the largest finite bf16."""
     n, k = w.shape
     run = k // segments
     pairs = (run + 1) // 2
     out = torch.zeros(-(-n // 16), segments * pairs, 16, 2, dtype=w.dtype)
+    if run % 2:
+        out[:, pairs - 1::pairs, :, 1] = torch.finfo(torch.bfloat16).max
     for col in range(n):
         for kk in range(k):
             s, t = divmod(kk, run)

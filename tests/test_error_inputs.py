@@ -784,3 +784,30 @@ def test_prepared_layers_refuse_tracked_inputs_and_hold_the_bias_detached():
         program.add_conv(cpu.PackedConv(torch.randn(8, 3, 3, 3), None, 2, 1), "none")
         program.set_head(cpu.PackedLinear(torch.randn(4, 8)))
         program(torch.randn(1, 3, 16, 16, requires_grad=True))
+
+
+@needs_extension
+@pytest.mark.parametrize("k_packed, k_input", [(5, 6), (6, 5), (7, 8)])
+def test_bf16_packed_weights_tell_k_from_k_plus_one(k_packed, k_input):
+    """bf16 runs are padded to pairs, so K = 5 and K = 6 pack to the same shape: x of K = 6
+    on a K = 5 pack silently ignored a column of x, and the other way round a column of the
+    weight. The padding of an odd run is marked; every packed op reads the mark."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).bfloat16()
+
+    pattern = rf"^(packed_weight|w1_packed|packed): was packed for K = {k_packed}, not for " \
+              rf"the K = {k_input}"
+    with pytest.raises(ValueError, match=pattern):
+        ops.linear_packed(r(2, k_input), cpu.pack_weight(r(4, k_packed)), 4)
+    with pytest.raises(ValueError, match=pattern):
+        ops.mlp_packed(r(2, k_input), cpu.pack_weight(r(8, k_packed)), r(8),
+                       cpu.pack_weight(r(k_input, 8)), r(k_input))
+    with pytest.raises(ValueError, match=pattern):   # a 1x1 conv: K = Cin
+        ops.conv2d_packed(r(1, 4, 4, k_input), cpu.pack_conv_weight(r(2, k_packed, 1, 1)), 2, 1,
+                          1, 0)
+    x, w = r(3, k_packed), r(4, k_packed)      # the matching K runs as before
+    torch.testing.assert_close(ops.linear_packed(x, cpu.pack_weight(w), 4).float(),
+                               reference.linear(x.double(), w.double()).float(),
+                               rtol=2e-2, atol=2e-2)

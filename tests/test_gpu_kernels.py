@@ -273,6 +273,12 @@ def test_conv2d_rejects():
         gpu.conv2d(x, w.double(), None, 2, 1)
     with pytest.raises(ValueError, match="^activation:"):
         gpu.conv2d(x, w, None, 2, 1, "relu")
+    # an empty kernel returned the bias everywhere (the reference refuses it)
+    for empty in (w[:, :, :0, :0], w[:, :, :0]):
+        with pytest.raises(ValueError, match="^weight: expected a kernel of at least 1x1"):
+            gpu.conv2d(x, empty, None, 1, 0)
+    with pytest.raises(ValueError, match="^x: expected at least 1 channel"):
+        gpu.conv2d(x[..., :0], w[:, :0], None, 1, 0)
 
 
 # ---------------------------------------------------------------------- input validation
@@ -365,6 +371,38 @@ def test_linear_rejects(case, exc, name):
         act = "relu"
     with pytest.raises(exc, match=f"^{name}:"):
         gpu.linear(x, w, b, r, act)
+
+
+@pytest.mark.attention
+@pytest.mark.linear
+@pytest.mark.mlp
+@pytest.mark.conv2d
+def test_out_may_not_share_memory_with_an_input():
+    """Output blocks are written while other blocks still read the inputs: out=x gave a
+    linear layer 75% relative error. Only the residual (read at the element then written)
+    may be the output itself."""
+    x, w, b = (torch.randn(70, 40, device=DEVICE), torch.randn(40, 40, device=DEVICE) / 6,
+               torch.randn(40, device=DEVICE))
+    buf = torch.randn(71, 40, device=DEVICE)
+    for inp, out, name in ((x, x, "x"), (x[:40], w, "weight"), (buf[:-1], buf[1:], "x")):
+        with pytest.raises(ValueError, match=f"^out: shares memory with {name}"):
+            gpu.linear(inp, w, b, out=out)
+    q, k, v, bias = _attn_inputs()
+    with pytest.raises(ValueError, match="^out: shares memory with q"):
+        gpu.attention(q, k, v, bias, 0.5, False, out=q._base.view(-1)[:448].view(1, 7, 64))
+    with pytest.raises(ValueError, match="^out: shares memory with bias"):
+        gpu.attention_probs(q, k, bias, 0.5, out=bias.view(1, 2, 7, 7))
+    img = torch.randn(1, 8, 8, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="^out: shares memory with x"):
+        gpu.conv2d(img, torch.randn(4, 4, 1, 1, device=DEVICE), None, 1, 0, out=img)
+    # the residual in place, and an MLP writing over its input (also its residual): exact
+    r = torch.randn(70, 40, device=DEVICE)
+    want = reference.linear(x, w, b, r.clone())
+    torch.testing.assert_close(gpu.linear(x, w, b, r, out=r), want, rtol=1e-4, atol=1e-4)
+    w1, b1 = torch.randn(24, 40, device=DEVICE) / 6, torch.randn(24, device=DEVICE)
+    w2, b2 = torch.randn(40, 24, device=DEVICE) / 5, torch.randn(40, device=DEVICE)
+    want = reference.mlp(x, w1, b1, w2, b2)
+    torch.testing.assert_close(gpu.mlp(x, w1, b1, w2, b2, out=x), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.mlp

@@ -142,3 +142,26 @@ def test_use_kernels_rejects_unknown_families():
     model = levit_kernels.LeViT("LeViT-128S", fused=True)
     with pytest.raises(ValueError, match="^kernels:"):
         model.use_kernels("tpu")
+
+
+@pytest.mark.skipif(CUDA, reason="the Triton interpreter's dtypes: a machine without CUDA")
+def test_bfloat16_under_the_interpreter_runs_the_plain_layers(models, monkeypatch):
+    """The interpreter has no bfloat16 arithmetic: the launchers returned float bit patterns
+    read as integers (logits off by 1e10). A bf16 model asking for them gets the plain layers,
+    with a warning, and the launchers refuse bf16 CPU tensors naming the argument."""
+    from levit_kernels import gpu
+    from levit_kernels.model import fused as fused_module
+    monkeypatch.setattr(fused_module, "_warned", set())     # warnings come once per process
+    ref, fused = models
+    images = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
+    try:
+        with torch.no_grad(), pytest.warns(RuntimeWarning, match="plain PyTorch path"):
+            out = fused.bfloat16()(images.bfloat16())
+        with torch.no_grad():
+            want = ref.bfloat16()(images.bfloat16())
+    finally:
+        ref.float(), fused.float()
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"^x\b.*float16.*float32"):
+        gpu.linear(x, torch.randn(4, 8, dtype=torch.bfloat16))

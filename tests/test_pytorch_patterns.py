@@ -25,6 +25,7 @@ A two-stage LeViT at 64 px keeps every layer kind (stem, attention, shrinking at
 both heads) and makes plans, forwards and compiles fast.
 """
 import io
+import re
 
 import pytest
 import torch
@@ -566,3 +567,24 @@ def test_an_empty_batch_gives_empty_logits_in_both_models():
         for model in (plain, fused):
             out = model(images(batch=0))
             assert out.shape == (0, CLASSES) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("part", ["head", "stem", "stages"])
+def test_a_model_cast_in_part_behaves_as_the_plain_one(part, monkeypatch):
+    """The fused forward computes in one dtype; it used to run a model with a bf16 head (or
+    stem, or stages) and float32 elsewhere, where the plain model refuses the mix."""
+    monkeypatch.setattr(fused_module, "_warned", set())
+    plain, fused = pair()
+    for model in (plain, fused):
+        getattr(model, part).bfloat16()
+    x = images()
+    with torch.no_grad():
+        try:
+            want = plain(x)
+        except RuntimeError as exc:
+            with pytest.raises(RuntimeError, match=re.escape(str(exc).splitlines()[0])), \
+                    pytest.warns(RuntimeWarning, match="several dtypes"):
+                fused(x)
+        else:
+            with pytest.warns(RuntimeWarning, match="several dtypes"):
+                torch.testing.assert_close(fused(x), want, rtol=0, atol=0)

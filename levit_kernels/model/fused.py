@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 from torch.library import custom_op
 
-from ..ops import cpu
+from ..ops import checks, cpu
 from .levit import LeViT, check_images
 from .plan import (KERNEL_DTYPES, KERNELS, PROGRAM, TORCH_OPS, FusedPlan, Launchers,
                    UnsupportedModel)
@@ -429,12 +429,15 @@ def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn
     that dtype and, for the C++ kernels, the extension is built. The forward asks with
     `warn` (the plain layers then run, and the user is told why once per reason); the
     lifecycle hooks ask silently, to decide whether to build the plan ahead of time."""
-    if dtype not in KERNEL_DTYPES.get(kernels, ()):
+    dtypes = KERNEL_DTYPES.get(kernels, ())
+    if kernels == "gpu" and device.type == "cpu":    # the Triton interpreter
+        dtypes = checks.INTERPRETER_DTYPES
+    if dtype not in dtypes:
         if warn:
             _warn_once(("dtype", device.type, dtype),
                        f"LeViT(fused=True) runs the plain PyTorch path for {dtype} on "
                        f"{device.type}: the fused kernels take "
-                       f"{', '.join(str(d) for d in KERNEL_DTYPES.get(kernels, ()))}")
+                       f"{', '.join(str(d) for d in dtypes)}")
         return False
     if kernels == "cpu" and not cpu.is_available():   # "cpu" kernels only ever get CPU tensors
         if warn:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 from typing import List, Optional
 
 import torch
@@ -93,6 +94,17 @@ def _expect_no_global_hooks(model):
         raise UnsupportedModel(model, "runs under global forward hooks "
                                       "(torch.nn.modules.module.register_module_forward_hook or "
                                       "_pre_hook), which only the plain layers run")
+
+
+def _expect_one_dtype(model):
+    """The fused forward computes in one dtype; a model cast in part (`model.head.bfloat16()`)
+    gets the plain layers, which answer or refuse as PyTorch's layers do for mixed dtypes."""
+    dtypes = {t.dtype for t in itertools.chain(model.parameters(), model.buffers())
+              if t.is_floating_point()}
+    if len(dtypes) > 1:
+        raise UnsupportedModel(model, f"has floating-point tensors of several dtypes "
+                                      f"({', '.join(sorted(map(str, dtypes)))}); the fused "
+                                      f"forward computes in one")
 
 
 def _expect_sequence(seq, classes):
@@ -311,6 +323,7 @@ class FusedPlan:
             raise UnsupportedModel(model, "overrides forward_features or forward_head")
         _expect_no_instance_methods(model)
         _expect_no_global_hooks(model)
+        _expect_one_dtype(model)
         with _pruned(model):
             self._fold(model, target)
         self.backend = None      # "gpu" plans: their GpuLaunchers (gpu_backend.py)

@@ -3,7 +3,8 @@
 Every check raises TypeError (wrong type or dtype) or ValueError (wrong shape, stride,
 device, size) naming the argument and what was expected, before any kernel sees a pointer
 and before any output is allocated: the fake (meta) implementations run the same checks, so
-a bad call fails identically under torch.compile, on meta tensors and on real ones.
+a bad call fails identically under torch.compile, on meta tensors and on real ones. (One check
+reads values, so it runs on real CPU tensors only: a bf16 packed weight's run padding.)
 """
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .extension import PANEL, packed_shape, unavailable_reason
+from .extension import PANEL, lib, packed_shape, unavailable_reason
 from .reference import ACTIVATIONS
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The Triton launchers on CPU tensors (TRITON_INTERPRET=1): the interpreter has no bfloat16
+# arithmetic (triton-lang/triton#11584; it returned float bit patterns read as integers).
+INTERPRETER_DTYPES = (torch.float16, torch.float32)
 # What the registered ops take on each device type: {device type: dtypes}. Meta tensors
 # (shape-only calls of the fake implementations) may have any dtype a real device takes.
 OP_DTYPES = {"cpu": CPU_DTYPES, "cuda": CUDA_DTYPES,
@@ -226,6 +230,22 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
     if not packed.is_contiguous():
         _fail(ValueError, name, f"expected a contiguous tensor (as pack_weight returns it), "
                                 f"got strides {packed.stride()}")
+    if packed.dtype == torch.bfloat16 and _has_values(packed) and not lib().run_padding_matches(
+            packed=packed.data_ptr(), k=in_features, segments=segments):
+        # K and K ± 1 per run give the same bf16 shape (runs are padded to pairs); the values
+        # tell them apart (csrc/gemm_bf16.h kRunPadBits). The kernels would drop a column
+        # of the weight or multiply one of the input's by 0.
+        other = in_features + (segments if (in_features // segments) % 2 else -segments)
+        _fail(ValueError, name, f"was packed for K = {other}, not for the K = {in_features} "
+                                f"of the input (in bfloat16 both give the shape "
+                                f"{tuple(packed.shape)})")
+
+
+def _has_values(t) -> bool:
+    """A plain CPU tensor whose memory can be read (not fake or meta, not a torch.func wrapper,
+    not being traced): the one kind of tensor a check may read values from."""
+    return (type(t) is torch.Tensor and t.device.type == "cpu" and not is_transformed(t)
+            and not torch.compiler.is_compiling())
 
 
 def check_activation(activation) -> None:

@@ -257,7 +257,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     batch, heads, n_q, _, _, d_v = checks.check_attention(
         q, k, v, bias, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = check_out(out, (batch, n_q, heads * d_v), q)
+    out = check_out(out, (batch, n_q, heads * d_v), q,
+                    (("q", q), ("k", k), ("v", v), ("bias", bias)))
     if out.numel() == 0:
         return out
     return launch_attention(q, k, v, bias, scale, checks.check_flag(hardswish, "hardswish"), out)
@@ -292,7 +293,7 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale:
     batch, heads, n_q, n_k, d_k, _ = checks.check_attention(
         q, k, None, bias, probs=True, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = check_out(out, (batch, heads, n_q, n_k), q)
+    out = check_out(out, (batch, heads, n_q, n_k), q, (("q", q), ("k", k), ("bias", bias)))
     if out.numel() == 0:
         return out
     return launch_attention_probs(q, k, bias, scale, out)

@@ -96,12 +96,34 @@ def gpu_dtypes():
     """{device type: dtypes} the launchers take (checks.check_same)."""
     allowed = {"cuda": checks.CUDA_DTYPES}
     if interpreting():
-        allowed["cpu"] = checks.CUDA_DTYPES
+        allowed["cpu"] = checks.INTERPRETER_DTYPES
     return allowed
 
 
-def check_out(out: Optional[torch.Tensor], shape, like: torch.Tensor) -> torch.Tensor:
-    """A caller's output buffer (contiguous, `shape`, like's dtype and device), or a new one."""
+def _byte_span(t: torch.Tensor):
+    """[first, last + 1) bytes of t's storage that t's elements can reach."""
+    first = t.storage_offset()
+    last = first + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return first * t.element_size(), (last + 1) * t.element_size()
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_out(out: Optional[torch.Tensor], shape, like: torch.Tensor, inputs=(),
+              same_place: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A caller's output buffer (contiguous, `shape`, like's dtype and device), or a new one.
+
+    `inputs`: (name, tensor or None) the kernel reads. Blocks of the output are written while
+    other blocks still read them, so `out` may share no memory with any of them, except that
+    it may be exactly `same_place` (same address, shape and strides): an input the kernel
+    reads only at the output element it then writes (a residual)."""
     if out is None:
         return torch.empty(shape, device=like.device, dtype=like.dtype)
     if not isinstance(out, torch.Tensor):
@@ -112,6 +134,14 @@ def check_out(out: Optional[torch.Tensor], shape, like: torch.Tensor) -> torch.T
     if out.dtype != like.dtype or out.device != like.device:
         raise TypeError(f"out: expected {like.dtype} on {like.device}, got {out.dtype} on "
                         f"{out.device}")
+    for name, t in inputs:
+        if t is None or not _overlap(out, t):
+            continue
+        if (t is same_place and t.data_ptr() == out.data_ptr() and t.shape == out.shape
+                and t.stride() == out.stride()):
+            continue
+        raise ValueError(f"out: shares memory with {name}, which the kernel still reads while "
+                         f"it writes out; pass a separate tensor")
     return out
 
 

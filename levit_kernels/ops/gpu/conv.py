@@ -109,9 +109,15 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
             raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
     batch, h, w, cin = x.shape
     cout, wcin, kh, kw = weight.shape
-    if wcin != cin or cin < 1:
+    if cin < 1:
+        raise ValueError(f"x: expected at least 1 channel (NHWC, the last dimension), got "
+                         f"shape {tuple(x.shape)}")
+    if wcin != cin:
         raise ValueError(f"weight: expected shape (Cout, Cin={cin}, kh, kw) to match x's "
                          f"channels (NHWC), got {tuple(weight.shape)}")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"weight: expected a kernel of at least 1x1, got shape "
+                         f"{tuple(weight.shape)}")
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"x: NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
@@ -120,7 +126,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     checks.check_same([("x", x), ("weight", weight), ("bias", bias)], gpu_dtypes(),
                       GPU_DEVICES)
     checks.check_numel((batch, ho, wo, cout), "x, weight", "the output (B, Ho, Wo, Cout) =")
-    out = check_out(out, (batch, ho, wo, cout), x)
+    out = check_out(out, (batch, ho, wo, cout), x,
+                    (("x", x), ("weight", weight), ("bias", bias)))
     if out.numel() == 0:
         return out
     return launch_conv2d(x, conv_weight_matrix(weight), bias, (kh, kw), stride, padding,

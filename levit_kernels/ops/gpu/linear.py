@@ -205,7 +205,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
                             ("out", out)), LAUNCHERS)
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation,
                                       allowed=gpu_dtypes(), devices=GPU_DEVICES)
-    out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x)
+    out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x,
+                    (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+                    same_place=residual)
     if out.numel() == 0:
         return out
     if k_in == 0:  # empty reduction: act(b) + residual, as the reference gives
@@ -254,7 +256,9 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     if channels > MLP_FUSED_MAX_C or hidden == 0 or channels == 0:
         hid = linear(x, w1, b1, activation="hardswish")
         return linear(hid, w2, b2, residual=x, out=out)
-    out = check_out(out, tuple(x.shape), x)
+    # x is also the residual: read at each output element just before it is written
+    out = check_out(out, tuple(x.shape), x,
+                    (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)), same_place=x)
     if out.numel() == 0:
         return out
     return launch_mlp(x, w1, b1, w2, b2, out)
