@@ -411,9 +411,9 @@ def _graphed(plan: FusedPlan):
 
 def _compute_dtype(first_parameter: Tensor, images: torch.Tensor) -> torch.dtype:
     """The model's dtype (its first parameter's), or, for a float32 model, autocast's for the
-    images' device (the ops take one dtype for all inputs): a float32 model under torch.autocast("cpu",
-    dtype=torch.bfloat16) runs the bf16 kernels, and returns bf16 logits, as the plain model's
-    last Linear does under autocast."""
+    images' device (the ops take one dtype for all inputs): a float32 model under
+    torch.autocast("cpu", dtype=torch.bfloat16) runs the bf16 kernels, and returns bf16 logits,
+    as the plain model's last Linear does under autocast."""
     if first_parameter.dtype == torch.float32 and _autocast_on(images):
         return torch.get_autocast_dtype(images.device.type)
     return first_parameter.dtype        # autocast leaves float64 (and float16...) models alone

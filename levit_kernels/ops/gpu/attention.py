@@ -252,13 +252,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
     q/k/v are read through their strides (never copied). `out`, if given, must be a
     contiguous (B, Nq, H*Dv) tensor of q's dtype and device; it is returned."""
-    checks.check_untracked((("q", q), ("k", k), ("v", v), ("bias", bias), ("out", out)),
-                           LAUNCHERS)
+    inputs = (("q", q), ("k", k), ("v", v), ("bias", bias))
+    checks.check_untracked(inputs + (("out", out),), LAUNCHERS)
     batch, heads, n_q, _, _, d_v = checks.check_attention(
         q, k, v, bias, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = check_out(out, (batch, n_q, heads * d_v), q,
-                    (("q", q), ("k", k), ("v", v), ("bias", bias)))
+    out = check_out(out, (batch, n_q, heads * d_v), q, inputs)
     if out.numel() == 0:
         return out
     return launch_attention(q, k, v, bias, scale, checks.check_flag(hardswish, "hardswish"), out)
@@ -289,11 +288,12 @@ def launch_attention(q, k, v, bias, scale: float, hardswish: bool, out: torch.Te
 def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, scale: float, *,
                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(scale * q @ k^T + bias) -> (B, H, Nq, Nk) contiguous (`out` as in attention)."""
-    checks.check_untracked((("q", q), ("k", k), ("bias", bias), ("out", out)), LAUNCHERS)
+    inputs = (("q", q), ("k", k), ("bias", bias))
+    checks.check_untracked(inputs + (("out", out),), LAUNCHERS)
     batch, heads, n_q, n_k, d_k, _ = checks.check_attention(
         q, k, None, bias, probs=True, allowed=gpu_dtypes(), devices=GPU_DEVICES)
     scale = checks.check_scale(scale)
-    out = check_out(out, (batch, heads, n_q, n_k), q, (("q", q), ("k", k), ("bias", bias)))
+    out = check_out(out, (batch, heads, n_q, n_k), q, inputs)
     if out.numel() == 0:
         return out
     return launch_attention_probs(q, k, bias, scale, out)

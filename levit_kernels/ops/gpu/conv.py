@@ -99,8 +99,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """act(conv2d(x, weight, bias, stride, padding)) in NHWC: x (B, H, W, Cin), any strides ->
     (B, Ho, Wo, Cout) contiguous. Equals F.conv2d on x.permute(0, 3, 1, 2), permuted back."""
-    checks.check_untracked((("x", x), ("weight", weight), ("bias", bias), ("out", out)),
-                           LAUNCHERS)
+    inputs = (("x", x), ("weight", weight), ("bias", bias))
+    checks.check_untracked(inputs + (("out", out),), LAUNCHERS)
     checks.check_activation(activation)
     checks.check_tensor(x, "x", ndim=4, unit_last_stride=False)
     checks.check_tensor(weight, "weight", ndim=4, unit_last_stride=False)
@@ -123,11 +123,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
         raise ValueError(f"x: NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
                          f"padding {padding}")
     checks.check_bias(bias, cout)
-    checks.check_same([("x", x), ("weight", weight), ("bias", bias)], gpu_dtypes(),
-                      GPU_DEVICES)
+    checks.check_same(inputs, gpu_dtypes(), GPU_DEVICES)
     checks.check_numel((batch, ho, wo, cout), "x, weight", "the output (B, Ho, Wo, Cout) =")
-    out = check_out(out, (batch, ho, wo, cout), x,
-                    (("x", x), ("weight", weight), ("bias", bias)))
+    out = check_out(out, (batch, ho, wo, cout), x, inputs)
     if out.numel() == 0:
         return out
     return launch_conv2d(x, conv_weight_matrix(weight), bias, (kh, kw), stride, padding,

@@ -201,13 +201,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """act(x @ weight^T + bias) + residual -> (..., N) contiguous, in x's dtype.
 
     `out`, if given, must be a contiguous (..., N) tensor of x's dtype and device."""
-    checks.check_untracked((("x", x), ("weight", weight), ("bias", bias), ("residual", residual),
-                            ("out", out)), LAUNCHERS)
+    inputs = (("x", x), ("weight", weight), ("bias", bias), ("residual", residual))
+    checks.check_untracked(inputs + (("out", out),), LAUNCHERS)
     k_in, n_out = checks.check_linear(x, weight, bias, residual, activation,
                                       allowed=gpu_dtypes(), devices=GPU_DEVICES)
-    out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x,
-                    (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
-                    same_place=residual)
+    out = check_out(out, tuple(x.shape[:-1]) + (n_out,), x, inputs, same_place=residual)
     if out.numel() == 0:
         return out
     if k_in == 0:  # empty reduction: act(b) + residual, as the reference gives
@@ -249,16 +247,15 @@ def launch_linear(x, weight, bias, residual, activation: str, out: torch.Tensor)
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x + hardswish(x @ w1^T + b1) @ w2^T + b2 -> (..., C) contiguous, in x's dtype."""
-    checks.check_untracked((("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2),
-                            ("out", out)), LAUNCHERS)
+    inputs = (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))
+    checks.check_untracked(inputs + (("out", out),), LAUNCHERS)
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=gpu_dtypes(),
                                         devices=GPU_DEVICES)
     if channels > MLP_FUSED_MAX_C or hidden == 0 or channels == 0:
         hid = linear(x, w1, b1, activation="hardswish")
         return linear(hid, w2, b2, residual=x, out=out)
     # x is also the residual: read at each output element just before it is written
-    out = check_out(out, tuple(x.shape), x,
-                    (("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)), same_place=x)
+    out = check_out(out, tuple(x.shape), x, inputs, same_place=x)
     if out.numel() == 0:
         return out
     return launch_mlp(x, w1, b1, w2, b2, out)
