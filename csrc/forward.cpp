@@ -122,10 +122,13 @@ void ProgramT<T>::add_attention(const AttentionLayerT<T>& l) {
   for (int64_t v : {l.heads, l.dk, l.dv, l.subsample, l.out_channels, l.head_width, l.q_offset,
                     l.k_offset, l.v_offset})
     require(v <= kMaxDim, "attention: expected sizes and offsets <= " + str(kMaxDim));
-  require(l.subsample > 1 || l.out_channels == l.channels,
+  // Shrinking attention is the layer with q weights of its own, whatever its stride (a
+  // config may subsample by 1); self-attention has none, keeps the grid and adds a residual.
+  const bool shrinking = l.q_packed != nullptr;
+  require(shrinking || l.out_channels == l.channels,
           "attention: a self-attention block keeps the width (residual)");
-  require(l.subsample == 1 || l.q_packed != nullptr, "attention: shrinking needs q weights");
-  const bool shrinking = l.subsample > 1;
+  require(shrinking || l.subsample == 1,
+          "attention: subsampling (subsample > 1) needs the q weights of shrinking attention");
   auto inside = [&](int64_t offset, int64_t width) {
     return offset >= 0 && offset + width <= l.head_width;
   };
@@ -193,7 +196,7 @@ void ProgramT<T>::run_attention(const Attention& a, int64_t batch, T* x, T* next
   const AttentionLayerT<T>& l = a.layer;
   const int64_t n = a.in.rows * a.in.cols, c = l.channels;
   const int64_t h = l.heads, dk = l.dk, dv = l.dv;
-  const bool shrinking = l.subsample > 1;
+  const bool shrinking = l.q_packed != nullptr;  // add_attention: q weights of its own
   // qkv (B, n, h, head_width): self-attention projects q with k and v; k and v (and q) are
   // strided views of it at the slot offsets the layer names
   const int64_t per_head = l.head_width, width = h * per_head;
@@ -265,7 +268,7 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
   for (const auto& layer : layers_) {
     if (const Attention* a = std::get_if<Attention>(&layer)) {
       run_attention(*a, batch, buf[cur], buf[cur ^ 1], qkv, sub, attn, nthreads);
-      if (a->layer.subsample > 1) cur ^= 1;
+      if (a->layer.q_packed) cur ^= 1;  // shrinking wrote the next tokens to the other buffer
     } else {
       const Mlp& m = std::get<Mlp>(layer);
       const MlpLayerT<T>& l = m.layer;

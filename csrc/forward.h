@@ -36,13 +36,13 @@ struct ConvLayerT {
 };
 using ConvLayer = ConvLayerT<float>;
 
-// Self-attention with a residual (subsample == 1):
+// Self-attention with a residual (no q weights, subsample == 1):
 //   qkv = x·Wqkvᵀ + b, heads side by side, each head's slot of `head_width` channels holding
 //   q (dk), k (dk) and v (dv) at q_offset, k_offset, v_offset;
 //   x  += proj(hardswish(attention(q, k, v, bias)))
-// or shrinking attention (subsample > 1), which changes the token grid and the width:
-//   kv = x·Wkvᵀ + b with k and v in each head's slot (q_offset unused); q (heads × dk) from the
-//   tokens on every subsample-th grid row and column; x = proj(hardswish(attention(...))).
+// or shrinking attention (q weights given; subsample >= 1), which changes the token grid and
+// the width: kv = x·Wkvᵀ + b with k and v in each head's slot (q_offset unused); q (heads ×
+// dk) from the tokens on every subsample-th grid row and column; x = proj(hardswish(...)).
 // The slot layout is the model's (levit_kernels/model/levit.py, qkv_layout): the caller passes
 // it, this file does not assume an order.
 template <class T>
@@ -53,7 +53,7 @@ struct AttentionLayerT {
   const T* bias;                       // (heads, nq, nk) contiguous
   const T* qkv_packed;                 // self: qkv; shrinking: kv
   const T* qkv_bias;
-  const T* q_packed;                   // shrinking only
+  const T* q_packed;                   // shrinking only (null: self-attention)
   const T* q_bias;
   const T* proj_packed;
   const T* proj_bias;

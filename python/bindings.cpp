@@ -97,12 +97,23 @@ void check_segments(int64_t k, int64_t segments) {
 }
 
 // The packed weight's shape (gemm.h, gemm_bf16.h): the one source of the layout's sizes.
+// With segments > 1 (a conv's kernel rows) the K rows are shown as (segments, rows per
+// segment): the same memory, but a weight packed for a 3x5 kernel then differs in shape
+// from one for 5x3 or 1x15, which the flat K (the same 15·Cin) cannot tell apart.
 py::tuple packed_shape(int64_t n, int64_t k, const std::string& dtype, int64_t segments) {
   check_segments(k, segments);
   const int64_t panels = (n + levit::kPanel - 1) / levit::kPanel;
-  if (dtype == "float32") return py::make_tuple(panels, k, levit::kPanel);
-  if (dtype != "bfloat16") throw py::value_error("dtype must be 'float32' or 'bfloat16'");
-  return py::make_tuple(panels, levit::packed_pairs(k, segments), levit::kPanel, 2);
+  int64_t rows;
+  py::tuple row;  // one K row (float32) or pair row (bf16) of a panel
+  if (dtype == "float32") {
+    rows = k, row = py::make_tuple(levit::kPanel);
+  } else if (dtype == "bfloat16") {
+    rows = levit::packed_pairs(k, segments), row = py::make_tuple(levit::kPanel, 2);
+  } else {
+    throw py::value_error("dtype must be 'float32' or 'bfloat16'");
+  }
+  if (segments == 1) return py::make_tuple(panels, rows) + row;
+  return py::make_tuple(panels, segments, rows / segments) + row;
 }
 
 void pack_weight(std::uintptr_t w, int64_t n, int64_t k, int64_t ldw, std::uintptr_t packed,
@@ -230,7 +241,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("packed_shape", &packed_shape, kw, py::arg("n"), py::arg("k"),
         py::arg("dtype") = "float32", py::arg("segments") = 1,
         "Shape of an (n, k) weight packed by pack_weight: (panels, k, PANEL) in float32, "
-        "(panels, k pairs, PANEL, 2) in bfloat16 (gemm_bf16.h).");
+        "(panels, k pairs, PANEL, 2) in bfloat16 (gemm_bf16.h); with segments > 1 the k "
+        "(pair) rows as (segments, rows per segment).");
   m.def(
       "run_padding_matches",
       [](std::uintptr_t packed, int64_t k, int64_t segments) {

@@ -1,4 +1,5 @@
 """The `levit-kernels` command on tiny settings: every subcommand, and its error handling."""
+import argparse
 import json
 import os
 import subprocess
@@ -128,6 +129,7 @@ def _checkpoint(tmp_path, variant="128S"):
     (lambda p: ["bench", "--seconds", "soon"], "positive number of seconds"),
     (lambda p: ["bench", "--json", str(p / "missing" / "out.json")], "no such directory"),
     (lambda p: ["bench", "--json", str(p)], "is a directory"),
+    (lambda p: ["bench", "--json", ""], "expected a file name, got an empty one"),
     (lambda p: ["bench", "--device", "tpu"], "invalid choice"),
     (lambda p: ["biases", "--variant", "128S"], "required: --checkpoint"),
     (lambda p: ["biases", "--checkpoint", str(p)], "cannot load"),              # a directory
@@ -138,11 +140,62 @@ def _checkpoint(tmp_path, variant="128S"):
                 "--out", str(p / "missing" / "maps.png")], "no such directory"),
     (lambda p: ["biases", "--checkpoint", _checkpoint(p), "--variant", "128S",
                 "--blocks", "1,x"], "comma-separated integers"),
+    (lambda p: ["biases", "--checkpoint", _checkpoint(p), "--variant", "128S", "--out", ""],
+     "expected a file name, got an empty one"),
     (lambda p: ["summary", "extra"], "unrecognized arguments"),
     (lambda p: [], "required"),
 ])
 def test_bad_input_in_process(make_args, message, tmp_path, capsys):
     assert_usage_error(make_args(tmp_path), message, capsys)
+
+
+def test_files_that_are_not_checkpoints_say_so(tmp_path, capsys):
+    """A text file, a JPEG, a truncated checkpoint: one line that says what the file is not,
+    with torch.load's reason in a few words, never its advice to load with weights_only=False
+    (which runs the file's code, and cannot be asked for here)."""
+    from PIL import Image
+    files = {"text.pth": b"not a checkpoint\n", "text.jpg": b"this is not an image\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "cut.pth").write_bytes(open(_checkpoint(tmp_path), "rb").read()[:300])
+    for name in ("text.pth", "text.jpg", "photo.jpg", "cut.pth"):
+        assert main(["biases", "--checkpoint", str(tmp_path / name), "--variant", "128S"]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert "cannot load it: not a PyTorch checkpoint or safetensors file, or a damaged one (" \
+            in line, line
+        assert "weights_only" not in line and len(line.replace(str(tmp_path), "")) < 250, line
+    # a real checkpoint holding more than tensors: that is what it is told
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "args.pth")
+    assert main(["biases", "--checkpoint", str(tmp_path / "args.pth"), "--variant", "128S"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "holds an object of type argparse.Namespace" in line and "weights_only=False" \
+        not in line, line
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_bench_says_when_threads_outnumber_the_cpus(tmp_path, capsys):
+    """--threads past the CPUs: the fused kernels' pool stops at one thread per CPU while
+    PyTorch runs them all, so the speed-up measures PyTorch's oversubscription as well. Said
+    before the table and in the JSON; nothing said when the threads fit."""
+    from levit_kernels.tools.distributed import available_cores
+    cpus, threads = available_cores(), torch.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        for asked in (cpus + 1, 1):
+            assert main(["bench", "--variant", "128S", "--batch", "1", "--img-size", "32",
+                         "--seconds", "0.05", "--threads", str(asked), "--json", str(out)]) == 0
+            first = capsys.readouterr().out.splitlines()[0]
+            note = json.loads(out.read_text())["config"]["threads_note"]
+            if asked > cpus:
+                assert note == (f"the fused kernels run at most {cpus} threads (one per CPU this "
+                                f"process may use) while PyTorch and the peers run the requested "
+                                f"{asked}, oversubscribed")
+                assert first == f"note: {note}"
+            else:
+                assert note == "" and first.startswith("LeViT-128S  batch 1")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_sizes_past_the_memory_are_one_line_and_exit_2(capsys):

@@ -252,6 +252,20 @@ def test_conv2d_validation():
         cpu.conv2d_packed(x, packed, 4, 3, 2, 1, torch.randn(5))
 
 
+@pytest.mark.conv2d
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel_size", [(5, 3), (1, 15), (15, 1)])
+def test_conv2d_refuses_another_kernel_of_the_same_size(kernel_size, dtype):
+    """A 3x5 kernel packed: 5x3 and 1x15 have the same K = kh·kw·Cin, which the flat packed
+    K did not tell apart (float32 ran them, wrongly); the packed shape keeps the kernel rows."""
+    x = torch.randn(1, 16, 16, 3, dtype=dtype)
+    packed = cpu.pack_conv_weight(torch.randn(6, 3, 3, 5, dtype=dtype))
+    with pytest.raises(ValueError, match=rf"^packed: .*\(6, 3, {kernel_size[0]}, "
+                                         rf"{kernel_size[1]}\) weight packed by "
+                                         rf"levit_kernels.cpu.pack_conv_weight"):
+        cpu.conv2d_packed(x, packed, 6, kernel_size, 1, 1)
+
+
 # ---------------------------------------------------------------- validation
 @pytest.mark.attention
 def test_attention_validation():

@@ -397,6 +397,7 @@ CONV_CASES = {
     "packed for 4 channels": (lambda a: {"packed": cpu.pack_conv_weight(torch.randn(5, 4, 3, 3))},
                               ValueError, r"^packed\b.*shape"),
     "out_channels": (lambda a: {"out_channels": 17}, ValueError, r"^packed\b.*shape"),
+    "out_channels 0": (lambda a: {"out_channels": 0}, ValueError, r"^out_channels\b.*positive"),
     "bias": (lambda a: {"bias": a["bias"][:4]}, ValueError, r"^bias\b.*shape"),
     "stride 0": (lambda a: {"stride": 0}, ValueError, r"^stride\b.*>= 1"),
     "padding -1": (lambda a: {"padding": -1}, ValueError, r"^padding\b.*>= 0"),

@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from levit_kernels import LeViT, cpu, load_checkpoint
+from levit_kernels import LeViT, LeViTConfig, cpu, load_checkpoint
 from levit_kernels.model.checkpoint import resize_attention_biases
 
 from levit_testing import randomize_
@@ -44,6 +44,17 @@ def test_other_resolutions(img_size):
         assert rel_err(fused(images), plain(images)) <= 1e-5
 
 
+def test_shrinking_attention_with_stride_1():
+    """A config may 'shrink' by 1 (new width, same grid): the C++ program tells shrinking
+    attention by its own q weights, not by the stride."""
+    config = LeViTConfig("stride-1", (64, 128), 16, (4, 4), (1, 1), down_stride=1)
+    plain, fused = pair(config, img_size=64, num_classes=10)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+    assert fused._plan.program is not None          # the one-call C++ forward ran it
+
+
 def test_non_square_bias_tables_match_timm():
     timm = pytest.importorskip("timm")
     ref = randomize_(timm.create_model("levit_128s", img_size=(224, 320))).eval()
@@ -68,7 +79,7 @@ def test_checkpoint_from_another_resolution_is_resized():
         assert torch.isfinite(target.eval()(torch.randn(1, 3, 288, 288))).all()
     # a table already at the target size is unchanged
     table = torch.randn(3, 49)
-    torch.testing.assert_close(resize_attention_biases(table, (7, 7)), table)
+    torch.testing.assert_close(resize_attention_biases(table, (7, 7), (7, 7)), table)
 
 
 def test_cache_is_never_stale():

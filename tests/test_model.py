@@ -38,6 +38,16 @@ def test_matches_timm_in_both_namings(variant):
         assert rel_err(ours2(images), expected) <= 1e-5
 
 
+def test_timm_conv_mode_checkpoints_load():
+    """timm's levit_conv_* models: the same layers as 1x1 convolutions, (N, K, 1, 1) weights."""
+    ref = randomize_(timm.create_model("levit_conv_128s")).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        for fused in (False, True):
+            ours = create_model("128S", checkpoint=ref.state_dict(), fused=fused).eval()
+            assert rel_err(ours(images), ref(images)) <= 1e-5
+
+
 @pytest.mark.parametrize("variant", PAPER)
 def test_parameter_count_and_flops_match_paper(variant):
     cfg = VARIANTS[variant]

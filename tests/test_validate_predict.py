@@ -11,13 +11,17 @@ predictions depend on the image and its accuracy is neither 0 nor 100%.
 import csv
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import zlib
+from datetime import timedelta
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from levit_kernels import LeViT, cpu, create_model
 from levit_kernels.model.checkpoint import class_names, head_config
@@ -323,6 +327,8 @@ def test_shards_cover_every_item_once_and_steps_come_in_order(world, monkeypatch
     """The sharding promise runner.py relies on: the shards partition the items, and step s
     of every process together holds exactly items [s*B*W, (s+1)*B*W)."""
     from levit_kernels.tools.distributed import Processes
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")     # where a world of several would meet
+    monkeypatch.setenv("MASTER_PORT", "29500")
     for n in range(0, 14):
         for batch in (1, 2, 5):
             shards = []
@@ -425,9 +431,31 @@ def _folder(tmp_path, *files):
     (lambda p: ["predict", _folder(p, "x.jpg"), "--out", str(p / "o.csv"), "--labels",
                 _list_file(p, "")[1:]], "the file is empty"),
     (lambda p: ["predict", "--out", str(p / "o.csv")], "required: INPUT"),
+    (lambda p: ["predict", _folder(p, "x.jpg"), "--out", str(p / "o.csv"), "--checkpoint",
+                _wide_checkpoint(p), *MODEL_ARGS], "pass checkpoint_img_size"),
+    (lambda p: ["predict", _folder(p, "x.jpg"), "--out", str(p / "o.csv"),
+                "--checkpoint-img-size", "64x96"], "give --checkpoint too"),
 ])
 def test_bad_input_is_one_line_and_exit_2(make_args, message, tmp_path, capsys):
     assert_usage_error(make_args(tmp_path), message, capsys)
+
+
+def _wide_checkpoint(tmp_path):
+    """Weights trained at 64x96 px (4x6 tokens): their bias tables fit no square grid."""
+    path = tmp_path / "wide.pth"
+    torch.save(LeViT("128S", num_classes=2, img_size=(SIZE, 96)).state_dict(), path)
+    return str(path)
+
+
+def test_a_non_square_checkpoint_loads_with_the_size_it_was_trained_at(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _noise(np.random.default_rng(0), (90, 120, 150), 80, 100).save(folder / "x.png")
+    out = tmp_path / "o.csv"
+    assert main(["predict", str(folder), "--out", str(out), "--checkpoint",
+                 _wide_checkpoint(tmp_path), "--checkpoint-img-size", "64x96", "--topk", "2",
+                 *MODEL_ARGS, "--quiet"]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
@@ -457,3 +485,138 @@ def test_eval_transform_non_square_covers_then_crops():
     want = torch.from_numpy(((crop - mean) / std).astype(np.float32)).permute(2, 0, 1)
     assert got.shape == (3, 48, 64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def _png16(path, pixels, colour_type):
+    """A 16-bit PNG written byte by byte (PIL writes 16-bit grayscale but not 16-bit RGB):
+    `pixels` uint16 (h, w, channels), colour type 0 (gray) or 2 (RGB)."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_images_keep_their_high_byte(tmp_path):
+    """A 16-bit grayscale image (PIL mode I;16, I;16B) was clipped to 255, all white past the
+    darkest 0.4%: its samples keep their high byte, as PIL keeps it for a 16-bit RGB PNG, so
+    the same picture gives the same tensor in gray or colour, 8 or 16 bits. 32-bit integer
+    and float images have no range to scale from: reported, not clipped."""
+    from levit_kernels.tools.images import ImageFiles, eval_transform, load_rgb
+    rng = np.random.default_rng(5)
+    wide = rng.integers(0, 65536, (40, 56), dtype=np.uint16)
+    wide[0, :6] = [0, 255, 256, 511, 32768, 65535]
+    paths = {name: str(tmp_path / name) for name in
+             ("gray16.png", "gray16b.tif", "rgb16.png", "gray8.png", "int32.tif", "float.tif")}
+    Image.fromarray(wide).save(paths["gray16.png"])                                # I;16
+    Image.frombytes("I;16B", (56, 40), wide.astype(">u2").tobytes()).save(paths["gray16b.tif"])
+    _png16(paths["rgb16.png"], np.repeat(wide[..., None], 3, axis=2), colour_type=2)
+    Image.fromarray((wide >> 8).astype(np.uint8)).save(paths["gray8.png"])
+    Image.fromarray(wide.astype(np.int32) * 1000).save(paths["int32.tif"])         # mode I
+    Image.fromarray(wide.astype(np.float32) / 65535).save(paths["float.tif"])      # mode F
+    assert Image.open(paths["gray16b.tif"]).mode == "I;16B"
+    want = np.repeat((wide >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    assert want[0, :6, 0].tolist() == [0, 0, 1, 1, 128, 255]
+    for name in ("gray16.png", "gray16b.tif", "rgb16.png", "gray8.png"):
+        np.testing.assert_array_equal(np.asarray(load_rgb(paths[name])), want, err_msg=name)
+    files = ImageFiles(list(paths.values()), eval_transform((SIZE, SIZE)))
+    samples = [files[i] for i in range(len(files))]
+    for _, image, reason in samples[:4]:
+        assert reason is None
+        torch.testing.assert_close(image, samples[3][1], rtol=0, atol=0)
+    for (_, image, reason), mode in zip(samples[4:], ("I", "F")):
+        assert image is None and f"(PIL mode {mode}) have no known range" in reason, reason
+
+
+def test_thin_strip_resizes_only_the_crop(tmp_path, monkeypatch):
+    """A 20000 x 1 strip would be resized to 4.96 M x 248 px (3.7 GB; 100000 x 1 is killed
+    for memory) before the 224 px crop: past FULL_RESIZE_AREA times the resize target, only
+    the source region under the crop is resized. On a smooth picture it agrees with a full
+    resize to within 2 levels of 8 bits (PIL orders its two passes by the sizes, and each
+    rounds and clips to 8 bits)."""
+    from levit_kernels.tools import images
+    biggest = []
+    resize = Image.Image.resize
+
+    def counted_resize(self, size, *args, **kwargs):
+        biggest.append(size[0] * size[1])
+        if size[0] * size[1] > 10 ** 7:         # fail here, before allocating gigabytes
+            raise AssertionError(f"resize to {size}")
+        return resize(self, size, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", counted_resize)
+    rng = np.random.default_rng(2)
+    strip = Image.fromarray(rng.integers(0, 256, (1, 20000, 3), dtype=np.uint8))
+    strip.save(tmp_path / "strip.png")
+    _, image, reason = images.ImageFiles([str(tmp_path / "strip.png")],
+                                         images.eval_transform((224, 224)))[0]
+    assert reason is None and image.shape == (3, 224, 224)
+    assert max(biggest) == 224 * 224
+    # strips whose full resize is affordable (<= 1 M px): the box path against it, by hand
+    for height, width, size in ((1, 400, 64), (3, 900, 48), (700, 5, 64), (30, 1500, (48, 64)),
+                                (2000, 9, 64)):
+        picture = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        picture = picture.filter(ImageFilter.GaussianBlur(2))      # photo-like, not noise
+        size = size if isinstance(size, tuple) else (size, size)
+        transform = images.eval_transform(size).transforms[0]
+        new_h, new_w = transform.resized_size(width, height)
+        assert new_h * new_w > images.FULL_RESIZE_AREA * transform.scaled[0] * transform.scaled[1]
+        full = picture.resize((new_w, new_h), Image.BICUBIC)
+        left, top = int(round((new_w - size[1]) / 2)), int(round((new_h - size[0]) / 2))
+        want = np.asarray(full.crop((left, top, left + size[1], top + size[0])), np.int16)
+        got = np.asarray(transform(picture), np.int16)
+        assert got.shape == want.shape, (height, width)
+        assert np.abs(got - want).max() <= 2 and np.abs(got - want).mean() < 0.1, (height, width)
+
+
+def test_labels_and_list_files_with_a_byte_order_mark(tmp_path):
+    """Windows Notepad saves "UTF-8" with a byte order mark: it is not part of class 0's name
+    or of the first listed path."""
+    from levit_kernels.tools.images import find_images
+    from levit_kernels.tools.predict import read_labels
+    (tmp_path / "labels.txt").write_bytes("\ufeffcat\r\ndog\r\nbird\r\n".encode())
+    assert read_labels(str(tmp_path / "labels.txt")) == ["cat", "dog", "bird"]
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "list.txt").write_bytes("\ufeffa.png\n".encode())
+    assert find_images([f"@{tmp_path / 'list.txt'}"]) == [str(tmp_path / "a.png")]
+
+
+def test_world_size_without_master_address_is_one_line(tmp_path, capsys, monkeypatch):
+    """WORLD_SIZE=2 copied from a job script, outside torchrun: refused before the model is
+    loaded, not torch.distributed's traceback."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    assert_usage_error(["predict", _folder(tmp_path, "x.jpg"), "--out", str(tmp_path / "o.csv")],
+                       "MASTER_ADDR and MASTER_PORT (where they meet) are not set", capsys)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "http")
+    assert_usage_error(["predict", _folder(tmp_path, "x.jpg"), "--out", str(tmp_path / "o.csv")],
+                       "MASTER_PORT='http': expected an integer", capsys)
+
+
+def test_a_missing_process_is_one_line_after_the_rendezvous(tmp_path, capsys, monkeypatch):
+    """Process 0 of 2 started alone: it says that it waits, and where, then gives up after
+    RENDEZVOUS_TIMEOUT with one line and exit code 2 (torch: 30 minutes of silence)."""
+    from levit_kernels.tools import distributed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", timedelta(seconds=1))
+    code = main(["predict", _folder(tmp_path, "x.jpg"), "--out", str(tmp_path / "o.csv"),
+                 "--checkpoint", _tiny_checkpoint(tmp_path), *MODEL_ARGS, "--workers", "0",
+                 "--topk", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert f"process 0 of 2 waiting for the other 1 at 127.0.0.1:{port}" in err[-2], err
+    assert err[-1].startswith("levit-kernels predict: error: process 0 of 2 could not join the "
+                              f"other 1 at 127.0.0.1:{port}"), err
+    assert not torch.distributed.is_initialized()

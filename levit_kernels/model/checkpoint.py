@@ -16,11 +16,12 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .config import get_config
-from .levit import LeViT
+from .config import VARIANTS, ImageSize, get_config, to_2tuple
+from .levit import AttentionBias, LeViT
 
 StateDict = Mapping[str, torch.Tensor]
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_METADATA = ("class_names", "classes")       # lists of names a checkpoint may carry
 
 
 def _original_to_timm_prefixes(model) -> Dict[str, str]:
@@ -85,28 +86,58 @@ def convert_original(state_dict: StateDict, model) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _offset_grid(n: int, target: Tuple[int, int]) -> Tuple[int, int]:
-    """Guess the (rows, cols) grid of a bias table of n entries, preferring target's aspect."""
-    side = math.isqrt(n)
-    if side * side == n:
-        return (side, side)
-    for rows in range(1, n + 1):
-        if n % rows == 0 and rows / (n // rows) >= target[0] / target[1]:
-            return (rows, n // rows)
-    raise ValueError(f"cannot infer the grid of an attention-bias table with {n} entries")
-
-
-def resize_attention_biases(table: torch.Tensor, k_res: Tuple[int, int]) -> torch.Tensor:
-    """(H, n_old) bias table -> (H, rows*cols): bicubic over each head's offset map.
+def resize_attention_biases(table: torch.Tensor, old_grid: Tuple[int, int],
+                            new_grid: Tuple[int, int]) -> torch.Tensor:
+    """(H, rows*cols) bias table laid out on `old_grid` -> (H, rows'*cols') on `new_grid`:
+    bicubic over each head's offset map.
 
     Entry dy * cols + dx holds the bias for offset (|dy|, |dx|); align_corners keeps offset 0
     and the largest offset where they are, so the zero-offset (self) bias is kept exactly.
     """
-    heads, n_old = table.shape
-    grid = _offset_grid(n_old, k_res)
-    maps = table.detach().float().reshape(1, heads, *grid)
-    resized = F.interpolate(maps, size=k_res, mode="bicubic", align_corners=True)
-    return resized.reshape(heads, k_res[0] * k_res[1]).to(table.dtype)
+    heads = table.shape[0]
+    maps = table.detach().float().reshape(1, heads, *old_grid)
+    resized = F.interpolate(maps, size=tuple(new_grid), mode="bicubic", align_corners=True)
+    return resized.reshape(heads, new_grid[0] * new_grid[1]).to(table.dtype)
+
+
+def _bias_grids(model, img_size) -> Dict[str, Tuple[int, int]]:
+    """The (rows, cols) offset grid of every attention-bias table of `model`'s architecture
+    at `img_size`, by state-dict key (built on the meta device: shapes only, no memory)."""
+    with torch.device("meta"):
+        twin = LeViT(model.config, num_classes=0, distillation=False, img_size=img_size)
+    return {f"{name}.attention_biases": module.key_resolution
+            for name, module in twin.named_modules() if isinstance(module, AttentionBias)}
+
+
+def _checkpoint_grids(tables: Dict[str, torch.Tensor], own: Dict[str, Tuple[int, int]], model,
+                      checkpoint_img_size) -> Dict[str, Tuple[int, int]]:
+    """The offset grid each of the checkpoint's bias `tables` was trained on (`own`: the
+    model's grids, _bias_grids at its img_size).
+
+    A table holds rows*cols entries, which do not say rows and cols: 280 entries are a 14x20
+    grid (224x320 images) or a 20x14 one (320x224), and the two need different resizing. So
+    the grids come from `checkpoint_img_size` (the image size the checkpoint was trained at);
+    without it, from the model's own grids where every table already fits them, else from a
+    square image whose first-stage grid holds the first table's entries -- checked against
+    every table, and refused (asking for checkpoint_img_size) where one does not fit."""
+    if checkpoint_img_size is not None:
+        size = to_2tuple(checkpoint_img_size, "checkpoint_img_size")
+        grids, source = _bias_grids(model, size), f"checkpoint_img_size={size}"
+    elif all(t.shape[-1] == own[k][0] * own[k][1] for k, t in tables.items()):
+        return {key: own[key] for key in tables}     # trained at this size (or its transpose)
+    else:
+        first = next(iter(own))                      # the first stage's grid comes first
+        side = max(1, math.isqrt(tables[first].shape[-1]))
+        grids, source = _bias_grids(model, 16 * side), f"a square {16 * side}-pixel image"
+    for key, table in tables.items():
+        rows, cols = grids[key]
+        if table.shape[-1] != rows * cols:
+            hint = ("" if checkpoint_img_size is not None else
+                    ": the checkpoint was trained at another (likely non-square) image size; "
+                    "pass checkpoint_img_size=(height, width), the size it was trained at")
+            raise ValueError(f"{key}: the checkpoint's table has {table.shape[-1]} entries per "
+                             f"head, not the {rows}x{cols} grid of {source}{hint}")
+    return {key: grids[key] for key in tables}
 
 
 def read_checkpoint(path: Union[str, os.PathLike]):
@@ -130,7 +161,18 @@ def _unwrap(checkpoint) -> Dict[str, torch.Tensor]:
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"checkpoint must be a state dict or a path to one, got "
                         f"{type(checkpoint).__name__}")
-    return dict(checkpoint)
+    # Class names may sit beside the weights (class_names() reads them); nothing else that is
+    # not a named tensor belongs in a state dict.
+    state = {k: v for k, v in checkpoint.items()
+             if k not in _METADATA or class_names({k: v}) is None}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise TypeError(f"checkpoint: key {key!r} is {type(key).__name__}, not str; "
+                            f"expected a state dict of names to tensors")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"checkpoint: entry {key!r} is {type(value).__name__}, not a "
+                            f"tensor; expected a state dict of names to tensors")
+    return state
 
 
 def class_names(checkpoint) -> Optional[List[str]]:
@@ -138,7 +180,7 @@ def class_names(checkpoint) -> Optional[List[str]]:
     list of strings at its top level, as training scripts save them), else None."""
     if not isinstance(checkpoint, Mapping):
         return None
-    for key in ("class_names", "classes"):
+    for key in _METADATA:
         names = checkpoint.get(key)
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
             return list(names)
@@ -148,21 +190,44 @@ def class_names(checkpoint) -> Optional[List[str]]:
 def head_config(state: StateDict) -> Dict[str, object]:
     """`num_classes` and `distillation` of the classifier heads in a state dict (either
     naming), so that a checkpoint fine-tuned on another label set builds the model it fits;
-    empty when the state dict has no classifier."""
+    `num_classes` 0 (pooled features out) when it has no classifier, as timm's
+    `num_classes=0` models save."""
     for head in ("head.linear.weight", "head.l.weight"):
         if head in state:
-            return {"num_classes": state[head].shape[0],
+            weight = state[head]
+            if weight.ndim != 2:
+                raise ValueError(f"{head}: expected a 2-D (classes, features) weight, got shape "
+                                 f"{tuple(weight.shape)}")
+            return {"num_classes": weight.shape[0],
                     "distillation": any(k.startswith("head_dist.") for k in state)}
-    return {}
+    if any(k.startswith(("head.", "head_dist.")) for k in state):
+        return {}           # a head without its weight: load_checkpoint names what is missing
+    return {"num_classes": 0}
 
 
-def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict]):
+def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict],
+                    checkpoint_img_size: Optional[ImageSize] = None):
     """Load timm- or original-named weights into `model` strictly, resizing bias tables.
 
     Returns the model. A key the model lacks, or one it needs that the checkpoint lacks, is an
-    error that names the key.
+    error that names the key (and the variant whose weights the checkpoint holds, if one
+    does). Bias tables trained at another image size are resized to the model's grids;
+    `checkpoint_img_size` says which size that was (needed where it was not square: the
+    tables alone cannot tell 224x320 from 320x224).
     """
-    state = _unwrap(checkpoint)
+    original = _unwrap(checkpoint)
+    try:
+        _load(model, original, checkpoint_img_size)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        hint = _variant_hint(original, model.config.name)
+        if not hint or type(exc) not in (KeyError, ValueError, RuntimeError):
+            raise
+        message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        raise type(exc)(message + hint) from exc
+    return model
+
+
+def _load(model, state: Dict[str, torch.Tensor], checkpoint_img_size) -> None:
     if is_original_naming(state):
         state = convert_original(state, model)
     state = {k: v for k, v in state.items() if not k.endswith("attention_bias_idxs")}
@@ -172,23 +237,60 @@ def load_checkpoint(model, checkpoint: Union[str, os.PathLike, StateDict]):
     if missing or unexpected:
         raise KeyError(f"checkpoint does not match {model.config.name}: "
                        f"missing {missing[:10]}, unexpected {unexpected[:10]}")
-    for key, value in state.items():
-        if key.endswith("attention_biases") and value.shape != own[key].shape:
-            if value.ndim != 2 or value.shape[0] != own[key].shape[0]:
-                raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} cannot be resized "
-                                 f"to {tuple(own[key].shape)} (head count differs)")
-            module = model.get_submodule(key.rpartition(".")[0])
-            state[key] = resize_attention_biases(value, module.key_resolution)
+    # timm's levit_conv_* models hold the same layers as 1x1 convolutions: (N, K, 1, 1).
+    state = {k: v.flatten(1) if v.ndim == 4 and v.shape[2:] == (1, 1) and own[k].ndim == 2
+             else v for k, v in state.items()}
+    tables = {k: v for k, v in state.items() if k.endswith("attention_biases")}
+    for key, value in tables.items():
+        if value.ndim != 2 or value.shape[0] != own[key].shape[0] or value.shape[1] == 0:
+            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} cannot be resized "
+                             f"to {tuple(own[key].shape)}: expected {own[key].shape[0]} "
+                             f"heads of >= 1 entries")
+    if tables:
+        new_grids = _bias_grids(model, model.img_size)
+        old_grids = _checkpoint_grids(tables, new_grids, model, checkpoint_img_size)
+        for key, value in tables.items():
+            if old_grids[key] != new_grids[key]:
+                state[key] = resize_attention_biases(value, old_grids[key], new_grids[key])
     model.load_state_dict(state, strict=True)
-    return model
 
 
-def create_model(name: str = "LeViT-256", checkpoint=None, **kwargs):
+def _variant_hint(state: Dict[str, torch.Tensor], tried: str) -> str:
+    """'; its weights are LeViT-128's' where the names and shapes of `state` (bias tables,
+    which depend on the image size, aside) are those of one other variant; else ''."""
+    try:
+        heads = head_config(state)
+    except ValueError:
+        return ""
+    for name, config in VARIANTS.items():
+        if name == tried:
+            continue
+        with torch.device("meta"):
+            twin = LeViT(config, **heads)
+        try:
+            named = convert_original(state, twin) if is_original_naming(state) else state
+        except KeyError:
+            continue
+        if _shapes(named) == _shapes(twin.state_dict()):
+            return f"; its weights are {name}'s: build that variant"
+    return ""
+
+
+def _shapes(state) -> Dict[str, Tuple[int, ...]]:
+    """Shapes by key, 1x1 convolutions (timm's levit_conv_*) as the linears they are."""
+    return {k: tuple(v.shape[:2] if v.ndim == 4 and v.shape[2:] == (1, 1) else v.shape)
+            for k, v in state.items()
+            if not k.endswith(("attention_biases", "attention_bias_idxs"))}
+
+
+def create_model(name: str = "LeViT-256", checkpoint=None,
+                 checkpoint_img_size: Optional[ImageSize] = None, **kwargs):
     """Build `LeViT(name, **kwargs)` (`fused=True` among them gives a FusedLeViT) and, if
-    given, load `checkpoint` into it. Unless given, `num_classes` and `distillation` are the
-    checkpoint's (head_config)."""
+    given, load `checkpoint` into it (load_checkpoint; `checkpoint_img_size` is the size it
+    was trained at, needed only where that was not square). Unless given, `num_classes` and
+    `distillation` are the checkpoint's (head_config)."""
     if checkpoint is None:
         return LeViT(get_config(name), **kwargs)
     state = _unwrap(checkpoint)
     model = LeViT(get_config(name), **{**head_config(state), **kwargs})
-    return load_checkpoint(model, state)
+    return load_checkpoint(model, state, checkpoint_img_size)

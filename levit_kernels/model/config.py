@@ -8,6 +8,8 @@ stride 2. Names are accepted as "LeViT-128S", "128S" or "levit_128s", in any cas
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import re
 from typing import Dict, Tuple, Union
 
@@ -35,6 +37,27 @@ class LeViTConfig:
         stages = len(self.embed_dim)
         if not (len(self.num_heads) == len(self.depth) == stages) or stages == 0:
             raise ValueError(f"{self.name}: embed_dim, num_heads and depth need one entry per stage")
+        # Every width the model derives must be a positive int: a zero-width layer makes a
+        # model that divides by zero, or one no kernel (and no sensible checkpoint) has.
+        for field, minimum in (("embed_dim", 1), ("num_heads", 1), ("depth", 0)):
+            for i, value in enumerate(getattr(self, field)):
+                check_count(f"{self.name}: {field}[{i}]", value, minimum)
+        check_count(f"{self.name}: key_dim", self.key_dim, 1)
+        check_count(f"{self.name}: down_stride", self.down_stride, 1)
+        widths = [("attn_ratio", self.attn_ratio, self.key_dim),
+                  ("down_attn_ratio", self.down_attn_ratio, self.key_dim)]
+        widths += [(ratio, getattr(self, ratio), c) for c in self.embed_dim
+                   for ratio in ("mlp_ratio", "down_mlp_ratio")]
+        for ratio, value, base in widths:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{self.name}: {ratio}: expected a finite number, got {value!r}")
+            if int(value * base) < 1:
+                raise ValueError(f"{self.name}: {ratio}={value!r} gives a width of "
+                                 f"int({value!r} * {base}) = 0; expected {ratio} * {base} >= 1")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"{self.name}: drop_path={self.drop_path!r}, expected a rate in "
+                             f"[0, 1)")
         for i in range(1, stages):
             if self.embed_dim[i - 1] % self.key_dim:
                 raise ValueError(f"{self.name}: embed_dim[{i - 1}]={self.embed_dim[i - 1]} must be a "
@@ -54,13 +77,34 @@ class LeViTConfig:
         return tuple(out)
 
 
-def to_2tuple(size: ImageSize) -> Tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"img_size must be an int or (height, width), got {size!r}")
-    return size
+def check_count(name: str, value, minimum: int) -> int:
+    """`value` as an int (ints and numpy ints; not bools or floats) >= minimum; the error
+    names `name`."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        count = operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return count
+
+
+def to_2tuple(size: ImageSize, name: str = "img_size") -> Tuple[int, int]:
+    """An int or (height, width) of positive ints -> (height, width); anything else (floats,
+    bools, strings, other lengths) is an error naming `name`."""
+    sides = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    try:
+        if len(sides) != 2 or any(isinstance(side, bool) for side in sides):
+            raise TypeError
+        sides = tuple(operator.index(side) for side in sides)    # ints, numpy ints; no floats
+    except TypeError:
+        raise TypeError(f"{name}: expected an int or (height, width) of ints, "
+                        f"got {size!r}") from None
+    if min(sides) < 1:
+        raise ValueError(f"{name}: expected positive sides, got {sides}")
+    return sides
 
 
 def downsampled(n: int, stride: int) -> int:
@@ -71,8 +115,6 @@ def downsampled(n: int, stride: int) -> int:
 def stem_resolution(img_size: ImageSize) -> Tuple[int, int]:
     """Four 3x3 stride-2 convolutions with padding 1: 224 -> 112 -> 56 -> 28 -> 14."""
     h, w = to_2tuple(img_size)
-    if h < 1 or w < 1:
-        raise ValueError(f"img_size must be positive, got {(h, w)}")
     for _ in range(4):
         h, w = downsampled(h, 2), downsampled(w, 2)
     return (h, w)

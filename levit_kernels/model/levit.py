@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .config import ImageSize, LeViTConfig, get_config, to_2tuple
+from .config import ImageSize, LeViTConfig, check_count, get_config, to_2tuple
 
 
 def check_images(x, img_size: Tuple[int, int]) -> None:
@@ -334,6 +334,10 @@ class LeViT(nn.Module):
         super().__init__()
         self.config = cfg = get_config(variant)
         self.img_size = to_2tuple(img_size)
+        num_classes = check_count("num_classes", num_classes, 0)
+        in_chans = check_count("in_chans", in_chans, 1)
+        if not isinstance(distillation, bool):
+            raise TypeError(f"distillation: expected True or False, got {distillation!r}")
         self.resolutions = cfg.resolutions(self.img_size)
         self.num_classes, self.distillation = num_classes, distillation
         self.stem = Stem16(in_chans, cfg.embed_dim[0])

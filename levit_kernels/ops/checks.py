@@ -201,18 +201,23 @@ def check_attention(q, k, v, bias, *, probs: bool = False, scale=None,
     return batch, heads, n_q, n_k, d_k, d_v
 
 
-def check_packed(packed, name: str, out_features, in_features: int, segments: int = 1) -> None:
+def check_packed(packed, name: str, out_features, in_features: int, segments: int = 1, *,
+                 out_name: Optional[str] = None, source: Optional[str] = None) -> None:
     """A weight from levit_kernels.cpu.pack_weight, contiguous: (ceil(N/PANEL), K, PANEL) in
     float32, (ceil(N/PANEL), K pairs, PANEL, 2) in bfloat16 (K in `segments` runs: a conv's
-    kernel rows)."""
+    kernel rows, shown as their own dimension). `out_name` is the argument that gave
+    out_features (default: `name`), `source` what the weight should have been packed from,
+    for the messages."""
     if PANEL is None:    # packed weights come from the extension, and so does their layout
         raise RuntimeError(unavailable_reason())
     check_tensor(packed, name, min_ndim=3)
     # SymInt: under torch.compile(dynamic=True) the sizes taken from b1/b2 are symbolic.
-    if (isinstance(out_features, bool) or not isinstance(out_features, (int, torch.SymInt))
-            or out_features < 1):
-        _fail(ValueError, "out_features" if name == "packed_weight" else name,
+    if (isinstance(out_features, bool) or
+            not isinstance(out_features, (numbers.Integral, torch.SymInt)) or out_features < 1):
+        _fail(ValueError, out_name or name,
               f"expected a positive int for the number of output features, got {out_features!r}")
+    source = source or (f"a ({out_features}, {in_features}) weight packed by "
+                        f"levit_kernels.cpu.pack_weight")
     if packed.dtype not in CPU_DTYPES:
         _fail(TypeError, name, f"expected dtype in {[str(d) for d in CPU_DTYPES]} (what "
                                f"pack_weight packs), got {packed.dtype}")
@@ -224,8 +229,7 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
                                 f"output features, not out_features={out_features}")
     expected = packed_shape(out_features, in_features, packed.dtype, segments)
     if tuple(packed.shape) != expected:
-        _fail(ValueError, name, f"expected shape {expected} (a ({out_features}, {in_features}) "
-                                f"weight packed by levit_kernels.cpu.pack_weight), got "
+        _fail(ValueError, name, f"expected shape {expected} ({source}), got "
                                 f"{tuple(packed.shape)}")
     if not packed.is_contiguous():
         _fail(ValueError, name, f"expected a contiguous tensor (as pack_weight returns it), "
@@ -279,7 +283,7 @@ def check_linear(x, weight, bias, residual, activation, *, out_features: Optiona
         if k_in < 1:   # pack_weight never makes an empty weight
             _fail(ValueError, "x", f"expected a last dimension >= 1 for a packed weight, got "
                                    f"shape {tuple(x.shape)}")
-        check_packed(weight, "packed_weight", out_features, k_in)
+        check_packed(weight, "packed_weight", out_features, k_in, out_name="out_features")
         n_out = out_features
     check_bias(bias, n_out)
     if residual is not None:
@@ -371,7 +375,10 @@ def check_conv2d_packed(x, packed, out_channels, kernel_size, stride, padding, b
     if ho < 1 or wo < 1:
         _fail(ValueError, "x", f"NHWC {tuple(x.shape)} is smaller than the {kh}x{kw} kernel "
                                f"with padding {padding}")
-    check_packed(packed, "packed", out_channels, kh * kw * cin, segments=kh)
+    check_packed(packed, "packed", out_channels, kh * kw * cin, segments=kh,
+                 out_name="out_channels",
+                 source=f"a (Cout, Cin, kh, kw) = ({out_channels}, {cin}, {kh}, {kw}) weight "
+                        f"packed by levit_kernels.cpu.pack_conv_weight")
     check_bias(bias, out_channels)
     check_same([("x", x), ("packed", packed), ("bias", bias)], allowed, devices)
     check_numel((batch, ho, wo, out_channels), "x, packed", "the output (B, Ho, Wo, N) =")

@@ -173,7 +173,9 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
 def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
     """Pack a (N, K) weight into zero-padded column panels, the same for every ISA path:
     float32 (ceil(N/PANEL), K, PANEL); bfloat16 (ceil(N/PANEL), K pairs, PANEL, 2), K taken
-    as `segments` runs each padded to pairs (1 for a linear layer; a conv's kernel rows)."""
+    as `segments` runs each padded to pairs (1 for a linear layer; a conv's kernel rows).
+    With segments > 1 the K (pair) rows are shaped (segments, rows per segment): the same
+    memory, a shape that tells a 3x5 kernel's weight from a 5x3 one's."""
     _plain_inputs(("weight", weight), grad=False)
     _cpu_tensor(weight, "weight", ndim=2, unit_last_stride=False)
     n, k = weight.shape
@@ -269,8 +271,9 @@ def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
 # ---------------------------------------------------------------- conv (the stem)
 def pack_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Pack a conv weight (Cout, Cin, kh, kw) for `conv2d_packed`: the (Cout, kh·kw·Cin)
-    matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight (in bfloat16
-    as kh runs of kw·Cin, the patch rows the kernel reads)."""
+    matrix of its (Cout, kh, kw, Cin) permutation, packed like a linear weight in kh runs of
+    kw·Cin (the patch rows the kernel reads; pack_weight's segments): float32 (ceil(Cout/PANEL),
+    kh, kw·Cin, PANEL)."""
     _cpu_tensor(weight, "weight", ndim=4, unit_last_stride=False)
     if weight.numel() == 0:
         raise ValueError(f"weight: expected every dimension >= 1, got shape "
@@ -431,7 +434,8 @@ class ForwardProgram:
                       heads: int, key_dim: int, val_dim: int, scale: float,
                       offsets: Mapping[str, int], q: Optional[PackedLinear] = None,
                       subsample: int = 1) -> None:
-        """Self-attention with a residual, or with q and subsample > 1 shrinking attention.
+        """Self-attention with a residual, or with q shrinking attention (queries on every
+        subsample-th row and column; subsample > 1 needs q).
 
         qkv projects every head's slot of qkv.out_features / heads channels; `offsets` says
         where q, k and v (self-attention) or k and v (shrinking: qkv is the kv projection, q
@@ -439,7 +443,9 @@ class ForwardProgram:
         for name, value in (("heads", heads), ("key_dim", key_dim), ("val_dim", val_dim),
                             ("subsample", subsample)):
             checks.check_int(value, name, 1, MAX_SIDE)
-        p, shrinking = self._program, subsample > 1
+        p, shrinking = self._program, q is not None
+        if subsample > 1 and not shrinking:
+            raise ValueError("q: shrinking attention (subsample > 1) needs the q projection")
         for name, layer in (("qkv", qkv), ("proj", proj), ("q", q)):
             if layer is not None:
                 self._check_dtype(name, layer.packed)
@@ -457,8 +463,6 @@ class ForwardProgram:
                     ("qkv", qkv.out_features, heads * sum(parts.values())),
                     ("proj", proj.in_features, heads * val_dim)]
         if shrinking:
-            if q is None:
-                raise ValueError("q: shrinking attention (subsample > 1) needs the q projection")
             expected += [("q", q.in_features, channels), ("q", q.out_features, heads * key_dim)]
         for name, got, want in expected:
             if got != want:

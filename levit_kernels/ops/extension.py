@@ -35,8 +35,9 @@ KERNEL_DTYPES: Dict[torch.dtype, str] = ({getattr(torch, name): name for name in
 def packed_shape(n: int, k: int, dtype: torch.dtype, segments: int = 1) -> Tuple[int, ...]:
     """The shape pack_weight gives an (n, k) weight of `dtype` packed in `segments` runs:
     (ceil(n/PANEL), k, PANEL) in float32, (ceil(n/PANEL), k pairs, PANEL, 2) in bfloat16
-    (csrc/gemm_bf16.h). Sizes are read as ints (under torch.compile a symbolic size is
-    specialised here)."""
+    (csrc/gemm_bf16.h), the k (pair) rows as (segments, rows per segment) where segments > 1
+    (python/bindings.cpp packed_shape). Sizes are read as ints (under torch.compile a
+    symbolic size is specialised here)."""
     return tuple(lib().packed_shape(n=int(n), k=int(k), dtype=KERNEL_DTYPES[dtype],
                                     segments=int(segments)))
 

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..model import LeViT
+from .distributed import available_cores
 
 PEERS = ("onnxruntime", "openvino")
 
@@ -166,11 +167,24 @@ def export_onnx(model, images, workdir: str) -> str:
     return path
 
 
+def threads_note(threads: int, device: str) -> str:
+    """'' unless PyTorch runs more threads than this process has CPUs. The fused kernels'
+    pool stops at one thread per CPU (csrc/thread_pool.cpp counts the affinity mask, as
+    available_cores does) while PyTorch and the peers start every thread asked for, which then
+    take turns on the CPUs: the ratios measure that oversubscription as much as the kernels."""
+    cpus = available_cores()
+    if device != "cpu" or threads <= cpus:
+        return ""
+    return (f"the fused kernels run at most {cpus} threads (one per CPU this process may use) "
+            f"while PyTorch and the peers run the requested {threads}, oversubscribed")
+
+
 def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, device="cpu",
                   dtype="float32", amp: bool = False, compare: bool = False,
                   compile_models: bool = False, seconds: float = 3.0, img_size=224,
                   progress=None) -> Dict:
-    """Time every provider; returns {"config": ..., "results": [Result, ...]}. Progress lines
+    """Time every provider; returns {"config": ..., "results": [Result, ...]}; the config's
+    `threads_note` says when `threads` oversubscribes the CPUs (threads_note). Progress lines
     go to `progress` (default: sys.stderr as it is at the call, not at import)."""
     import tempfile
     progress = progress or sys.stderr
@@ -262,7 +276,8 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         res.speedup = res.images_per_s / base
     from .info import collect
     config = dict(variant=variant, batch=batch, threads=threads, device=device, dtype=dtype,
-                  amp=amp, img_size=img_size, seconds=seconds, **collect())
+                  amp=amp, img_size=img_size, seconds=seconds,
+                  threads_note=threads_note(threads, device), **collect())
     return {"config": config, "results": [asdict(r) for r in results]}
 
 
@@ -297,4 +312,6 @@ def format_table(report: Dict) -> str:
                      f"{r.get('rel_l2_vs_float64', float('nan')):>14.2e} "
                      f"{r.get('top1_vs_float32', float('nan')):>12.1%}"
                      + (f"  ({r['note']})" if r.get("note") else ""))
-    return "\n".join(lines)
+    # the note first: the ratios below it are read in its light
+    note = [f"note: {cfg['threads_note']}"] if cfg.get("threads_note") else []
+    return "\n".join(note + lines)

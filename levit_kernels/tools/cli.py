@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -80,6 +81,8 @@ def _positive_seconds(text: str) -> float:
 def _output_file(text: str) -> str:
     """A file the command writes when it is done: checked up front, so that a typo in the
     directory fails now, not with a traceback after minutes of benchmarking."""
+    if not text:    # "" would pass the checks below (its folder is the current one)
+        raise argparse.ArgumentTypeError("expected a file name, got an empty one")
     parent = os.path.dirname(os.path.abspath(text))
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, expected a file name")
@@ -140,8 +143,33 @@ def _read_checkpoint(path: Optional[str]):
         return read_checkpoint(path)
     except FileNotFoundError:
         raise UsageError(f"--checkpoint: no such file {path!r}")
-    except Exception as exc:
+    except ImportError as exc:
+        raise UsageError(f"--checkpoint {path!r}: reading it needs the safetensors package "
+                         f"({exc}): pip install safetensors")
+    except OSError as exc:      # a directory, no permission: the file system's own words
         raise UsageError(_cannot_load(path, exc))
+    except Exception as exc:
+        raise UsageError(f"--checkpoint {path!r}: cannot load it: {_unreadable_content(exc)}")
+
+
+def _unreadable_content(exc: Exception) -> str:
+    """Why torch.load (weights_only) or safetensors could not read a file, in a few words.
+
+    torch.load's message is a page of advice to pass weights_only=False, which runs whatever
+    code the file holds and cannot be done from here anyway; the reason is the line after
+    "WeightsUnpickler error:". A forbidden global (a training script's argparse.Namespace,
+    a numpy array) means a real checkpoint that holds more than tensors; anything else, a file
+    that is not a checkpoint or is damaged."""
+    text = str(exc)
+    forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if forbidden:
+        return (f"it holds an object of type {forbidden.group(1)}, which a safe (weights-only) "
+                f"load does not build: save the state dict alone "
+                f"(torch.save(model.state_dict(), PATH))")
+    unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = f"unpickling: {unpickler.group(1)}" if unpickler else text.strip().split("\n")[0]
+    detail = detail.split(". ")[0].rstrip(".")[:100] or f"{type(exc).__name__}, empty or truncated"
+    return f"not a PyTorch checkpoint or safetensors file, or a damaged one ({detail})"
 
 
 def _cannot_load(path: Optional[str], exc: Exception, variant: str = "") -> str:
@@ -157,11 +185,15 @@ def _create_model(args, checkpoint, **kwargs):
     dict) loaded; without one, the same random weights in every process (seed 0)."""
     import torch
     from ..model import create_model
+    trained_at = args.checkpoint_img_size
+    if trained_at is not None and checkpoint is None:
+        raise UsageError("--checkpoint-img-size: says what size --checkpoint was trained at; "
+                         "give --checkpoint too")
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return create_model(args.variant, checkpoint=checkpoint, img_size=args.img_size,
-                                **kwargs)
+                                checkpoint_img_size=trained_at, **kwargs)
     except Exception as exc:
         if _out_of_memory(exc):
             raise                   # main() says so: not the checkpoint's fault
@@ -225,7 +257,7 @@ def _image_model(args, command: str):
     are loaded before the processes join, so a bad argument fails every one of them at once
     instead of leaving the others waiting."""
     from .distributed import Processes
-    processes = Processes(args.device, args.threads)
+    processes = Processes(args.device, args.threads, command)
     checkpoint = _read_checkpoint(args.checkpoint)
     if checkpoint is None and processes.rank == 0:
         print(f"levit-kernels {command}: no --checkpoint: random weights (seed 0)",
@@ -341,12 +373,19 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _add_checkpoint_img_size(parser) -> None:
+    parser.add_argument("--checkpoint-img-size", type=_img_size, default=None, metavar="HxW",
+                        help="the image size --checkpoint was trained at, when not square "
+                             "(its bias tables cannot tell 224x320 from 320x224)")
+
+
 def _add_image_arguments(parser) -> None:
     """The arguments validate and predict share: the model, the transform, the run."""
     parser.add_argument("--variant", type=_variant, default="LeViT-256")
     parser.add_argument("--checkpoint", help="timm or original-release weights (.pth, "
                         ".safetensors); without it random weights")
     parser.add_argument("--img-size", type=_img_size, default=224)
+    _add_checkpoint_img_size(parser)
     parser.add_argument("--crop-pct", type=_fraction, default=0.9,
                         help="resize to img-size / crop-pct, then center crop (default 0.9: "
                              "224 px from 248; the original LeViT code used 0.875)")
@@ -399,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     biases.add_argument("--checkpoint", required=True)
     biases.add_argument("--variant", type=_variant, default="LeViT-256")
     biases.add_argument("--img-size", type=_img_size, default=224)
+    _add_checkpoint_img_size(biases)
     biases.add_argument("--blocks", help="comma-separated attention block indices (default all)")
     biases.add_argument("--out", type=_output_file, default="attention_biases.png")
     biases.set_defaults(func=cmd_biases)

@@ -6,6 +6,12 @@ through the environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_
 a process started any other way is a world of one and never touches torch.distributed.
 Processes talk over gloo on CPU and NCCL on CUDA.
 
+Joining. Each process first tells on stderr that it waits for the others at MASTER_ADDR:PORT,
+then meets them within RENDEZVOUS_TIMEOUT; a process missing by then (started alone, a wrong
+address, a rank that failed to start) is one line and exit code 2, not torch's half hour of
+silence and a traceback. The collectives that follow keep torch's default timeout: ranks
+legitimately reach a step's gather minutes apart (their shards' images differ in size).
+
 Sharding. Process r of W takes items r, r+W, r+2W, ...: DistributedSampler's split without
 its padding (DistributedSampler repeats the first items so that every shard has the same
 length; a repeated image would be counted and written twice). Every process runs the same
@@ -17,14 +23,23 @@ and sorting them by index gives every item once, in input order, as the run goes
 from __future__ import annotations
 
 import os
+import sys
+from datetime import timedelta
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.constants import default_pg_timeout
 
 from .errors import UsageError
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+# How long a process waits for all the others to join. torchrun has already gathered its
+# machines (its own rendezvous) before it starts the processes, so what is left is the skew of
+# their start-up -- importing torch and loading the model, seconds to a minute -- not torch's
+# 30 minutes, which are sized for collectives. 5 minutes leaves a wide margin for that.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=5)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -36,6 +51,22 @@ def _env_int(name: str, default: int) -> int:
     except ValueError:
         raise UsageError(f"environment variable {name}={text!r}: expected an integer "
                          f"(torchrun sets it)")
+
+
+def _master_address(world: int):
+    """(MASTER_ADDR, MASTER_PORT), where the processes of a world of `world` meet; refused up
+    front when torchrun's variables are missing or malformed, before any model is loaded."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        raise UsageError(f"WORLD_SIZE={world} asks for {world} processes, but MASTER_ADDR and "
+                         f"MASTER_PORT (where they meet) are not set: start them with torchrun "
+                         f"(python -m torch.distributed.run --nproc-per-node {world} ...), or "
+                         f"unset WORLD_SIZE to run one")
+    number = _env_int("MASTER_PORT", 0)
+    if not 0 < number < 2 ** 16:
+        raise UsageError(f"environment variable MASTER_PORT={port!r}: expected a port number "
+                         f"1..65535 (torchrun sets it)")
+    return addr, number
 
 
 def available_cores() -> int:
@@ -52,13 +83,16 @@ class Processes:
     the group at the end), so that every argument is checked, and every model loaded, before
     a process can wait for another that has already failed."""
 
-    def __init__(self, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, device: str = "cpu", threads: Optional[int] = None, command: str = ""):
+        self.command = command      # the subcommand, for the messages on stderr
         self.rank, self.world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         self.local_rank = _env_int("LOCAL_RANK", 0)
         self.local_world = _env_int("LOCAL_WORLD_SIZE", 1)
         if not 0 <= self.rank < self.world or not 0 <= self.local_rank < self.local_world:
             raise UsageError("inconsistent torchrun environment: "
                              + ", ".join(f"{k}={os.environ.get(k)}" for k in _ENV))
+        if self.world > 1:
+            self.address = _master_address(self.world)
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError("--device cuda: no CUDA device is available")
@@ -88,8 +122,35 @@ class Processes:
 
     def __enter__(self):
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self._join()
         return self
+
+    def _join(self) -> None:
+        """init_process_group's env:// rendezvous, with RENDEZVOUS_TIMEOUT on the store while
+        the processes meet, and torch's default on it (and on the group) once they have."""
+        others = self.world - 1
+        where = f"{self.address[0]}:{self.address[1]}"
+        seconds = RENDEZVOUS_TIMEOUT.total_seconds()
+        name = f"levit-kernels {self.command}".rstrip()
+        print(f"{name}: process {self.rank} of {self.world} waiting for the other {others} at "
+              f"{where} (for up to {seconds:g} s)", file=sys.stderr, flush=True)
+        try:
+            store, _, _ = next(dist.rendezvous("env://", self.rank, self.world,
+                                               timeout=RENDEZVOUS_TIMEOUT))
+            # the PrefixStore init_process_group puts around a store it creates itself
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    store=dist.PrefixStore("default_pg", store),
+                                    rank=self.rank, world_size=self.world)
+            # all have joined (NCCL builds its communicator only here, on this process's GPU)
+            dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            store.set_timeout(default_pg_timeout)
+        except (RuntimeError, ValueError) as exc:   # torch's DistError is a RuntimeError
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            reason = " ".join(str(exc).split("\n")[0].split()).rstrip(".")
+            raise UsageError(f"process {self.rank} of {self.world} could not join the other "
+                             f"{others} at {where} ({reason or type(exc).__name__}): start all "
+                             f"WORLD_SIZE={self.world} of them (torchrun does)")
 
     def __exit__(self, *exc):
         if self.distributed and dist.is_initialized():

@@ -1,5 +1,6 @@
-"""Image files in, model-ready batches out: finding the files, decoding them (PIL, through
-torchvision's loader), LeViT's evaluation transform, and the DataLoader that feeds a process.
+"""Image files in, model-ready batches out: finding the files, decoding them (PIL, as
+torchvision's loader does, 16-bit images scaled to 8 bits), LeViT's evaluation transform, and
+the DataLoader that feeds a process.
 
 A file that cannot be decoded -- truncated, not an image, unreadable -- does not raise: its
 sample carries the error instead of an image, and the batch lists it under `failures`, so one
@@ -13,11 +14,12 @@ import re
 import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from PIL import Image
 from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode
 
 from .errors import UsageError
@@ -28,19 +30,50 @@ CROP_PCT = 0.9      # timm's LeViT weights are evaluated at 224 px from a 248 px
 LIST_PREFIX = "@"   # `predict @files.txt`: a file that lists inputs, one a line
 
 
-class ResizeToCover:
-    """Resize keeping the aspect ratio to the smallest size that covers (height, width) --
-    for a square target this is torchvision's `Resize(side)` of the shorter side."""
+# A resize to at most this many times the area of the resize target (248 x 248 for 224) is done
+# in full, then cropped: torchvision's Resize + CenterCrop, pixel for pixel. Past it (an aspect
+# ratio beyond ~16:1, a strip of pixels) only the source region under the crop is resized.
+FULL_RESIZE_AREA = 16
 
-    def __init__(self, size: Tuple[int, int]):
-        self.size = size
+
+class ResizeCrop:
+    """Resize keeping the aspect ratio to cover `scaled` (h, w), then center crop `size`.
+
+    A square `scaled` is torchvision's Resize(side) of the shorter side; otherwise the smallest
+    size that covers it. Cropping after a full resize costs the resized image: a 20000 x 1 strip
+    resized to 248 px high is 4.96 M x 248 px (3.7 GB), and past 2**31 px a side PIL's C ints
+    overflow. Such images resize only the source box under the crop (PIL's resize(box=)): same
+    filter, same scale, bounded by the crop. It is not bit-identical to the full resize (PIL
+    picks the order of its two passes from the sizes, and each pass rounds and clips to 8
+    bits: a level or two on a photo, more on upscaled noise), hence the full resize for every
+    image of ordinary shape (FULL_RESIZE_AREA)."""
+
+    def __init__(self, scaled: Tuple[int, int], size: Tuple[int, int]):
+        self.scaled, self.size = tuple(scaled), tuple(size)
+
+    def resized_size(self, width: int, height: int) -> Tuple[int, int]:
+        """(height, width) of the full resize."""
+        if self.scaled[0] == self.scaled[1]:
+            # torchvision's Resize(int): the shorter side to it, the longer truncated
+            short, long = sorted((width, height))
+            new_short, new_long = self.scaled[0], int(self.scaled[0] * long / short)
+            return (new_long, new_short) if width <= height else (new_short, new_long)
+        scale = max(self.scaled[0] / height, self.scaled[1] / width)
+        # max(...) guards against a float rounding a side below the crop it must cover
+        return tuple(max(s, round(d * scale)) for s, d in zip(self.scaled, (height, width)))
 
     def __call__(self, image):
-        width, height = image.size
-        scale = max(self.size[0] / height, self.size[1] / width)
-        # max(...) guards against a float rounding a side below the crop it must cover
-        new = [max(s, round(d * scale)) for s, d in zip(self.size, (height, width))]
-        return T.functional.resize(image, new, interpolation=InterpolationMode.BICUBIC)
+        height, width = self.resized_size(*image.size)
+        if height * width <= FULL_RESIZE_AREA * self.scaled[0] * self.scaled[1]:
+            image = T.functional.resize(image, [height, width],
+                                        interpolation=InterpolationMode.BICUBIC)
+            return T.functional.center_crop(image, list(self.size))
+        # torchvision's center_crop offsets, mapped back onto the source image
+        crop_h, crop_w = self.size
+        top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+        sx, sy = image.width / width, image.height / height
+        box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+        return image.resize((crop_w, crop_h), Image.Resampling.BICUBIC, box=box)
 
 
 def eval_transform(img_size: Tuple[int, int], crop_pct: float = CROP_PCT):
@@ -54,12 +87,35 @@ def eval_transform(img_size: Tuple[int, int], crop_pct: float = CROP_PCT):
         raise ValueError(f"it resizes to {scaled[0]}x{scaled[1]} px before the "
                          f"{img_size[0]}x{img_size[1]} crop, past PIL's limit of {limit} pixels "
                          f"(PIL.Image.MAX_IMAGE_PIXELS); use a crop fraction nearer 1")
-    if scaled[0] == scaled[1]:
-        resize = T.Resize(scaled[0], interpolation=InterpolationMode.BICUBIC)
-    else:
-        resize = ResizeToCover(scaled)
-    return T.Compose([resize, T.CenterCrop(tuple(img_size)), T.ToTensor(),
+    return T.Compose([ResizeCrop(scaled, img_size), T.ToTensor(),
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+# PIL's modes of 16-bit unsigned samples (native, little- and big-endian): 16-bit grayscale
+# PNG and TIFF files open in them.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def load_rgb(path: str):
+    """The image file at `path` as an 8-bit RGB PIL image: torchvision's pil_loader, except
+    that it does not clip 16-bit grayscale to 255 (a whole image turned white).
+
+    16-bit samples keep their high byte (v >> 8): PIL reduces 16-bit RGB, RGBA and LA PNGs so
+    as it decodes them, so a 16-bit grayscale image gives the pixels of the same picture saved
+    in colour, and v * 257 (the usual 8 -> 16 bit expansion) comes back as v. Images of 32-bit
+    integers or floats have no range to scale from (mode I, except a PNG's, whose samples are
+    16-bit; mode F): they are refused, reported and skipped, rather than clipped."""
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+            # older Pillow opens 16-bit grayscale PNGs as mode I
+            return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+                                   ).convert("RGB")
+        if image.mode in ("I", "F"):
+            kind = "32-bit integer" if image.mode == "I" else "floating-point"
+            raise ValueError(f"{kind} pixels (PIL mode {image.mode}) have no known range to "
+                             f"scale to 8 bits: save the image with 8- or 16-bit samples")
+        return image.convert("RGB")
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -78,7 +134,7 @@ class ImageFiles(torch.utils.data.Dataset):
                 # PIL's advice to convert palette images with transparency to RGBA first:
                 # dropping the transparency is what RGB conversion is for here.
                 warnings.filterwarnings("ignore", "Palette images with Transparency")
-                image = self.transform(pil_loader(self.paths[index]))
+                image = self.transform(load_rgb(self.paths[index]))
         # Decoders of untrusted files raise more than OSError (PIL: SyntaxError, ValueError,
         # struct.error, DecompressionBombError, ...): any of them means "cannot read this".
         except Exception as exc:  # noqa: BLE001
@@ -160,7 +216,8 @@ def _list_file(path: str) -> List[str]:
     """The inputs a list file names: one path a line, relative to the list file's folder;
     blank lines and lines starting with # are skipped."""
     try:
-        with open(path) as f:
+        # utf-8-sig: a byte order mark (Windows Notepad's "UTF-8") is not part of the first path
+        with open(path, encoding="utf-8-sig") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"list file {path!r}: cannot read it: "

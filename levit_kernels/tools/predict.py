@@ -31,9 +31,11 @@ def output_format(path: str) -> str:
 
 
 def read_labels(path: str) -> List[str]:
-    """A labels file: the name of class i on line i (trailing blank lines ignored)."""
+    """A labels file: the name of class i on line i (trailing blank lines ignored), in UTF-8
+    with or without a byte order mark (Windows Notepad writes one: it is not part of class 0's
+    name)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read().rstrip("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"--labels {path!r}: cannot read it: "
