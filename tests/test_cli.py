@@ -130,6 +130,9 @@ def _checkpoint(tmp_path, variant="128S"):
     (lambda p: ["bench", "--json", str(p / "missing" / "out.json")], "no such directory"),
     (lambda p: ["bench", "--json", str(p)], "is a directory"),
     (lambda p: ["bench", "--json", ""], "expected a file name, got an empty one"),
+    (lambda p: ["bench", "--amp"], "--amp: autocast runs a lower precision"),
+    (lambda p: ["bench", "--paper", "--batch", "1", "--dtype", "bfloat16"],
+     "float32; GPU: batch 2048, fp16 autocast): drop --batch, --dtype"),
     (lambda p: ["bench", "--device", "tpu"], "invalid choice"),
     (lambda p: ["biases", "--variant", "128S"], "required: --checkpoint"),
     (lambda p: ["biases", "--checkpoint", str(p)], "cannot load"),              # a directory

@@ -55,6 +55,23 @@ def test_shrinking_attention_with_stride_1():
     assert fused._plan.program is not None          # the one-call C++ forward ran it
 
 
+def test_a_scale_held_as_a_tensor_runs_the_plain_layers():
+    """A tensor attribute can change in place, which no key sees (only parameters and buffers
+    have recorded versions): the plan refuses to read one once, so edits show."""
+    plain, fused = pair(LeViTConfig("tiny", (64, 128), 16, (4, 4), (1, 1)), img_size=64)
+    images = torch.randn(2, 3, 64, 64)
+    for model in (plain, fused):
+        model.stages[0].blocks[0].attn.scale = torch.tensor(0.25)
+    with pytest.warns(RuntimeWarning, match="holds scale as a tensor"):
+        fused.refresh_fused()
+        with torch.no_grad():
+            fused(images)
+    for model in (plain, fused):
+        model.stages[0].blocks[0].attn.scale.mul_(8)
+    with torch.no_grad():
+        assert rel_err(fused(images), plain(images)) <= 1e-5
+
+
 def test_non_square_bias_tables_match_timm():
     timm = pytest.importorskip("timm")
     ref = randomize_(timm.create_model("levit_128s", img_size=(224, 320))).eval()

@@ -5,7 +5,7 @@ import torch
 
 from levit_kernels import cpu, ops, reference
 
-from levit_testing import op_params, qkv_views
+from levit_testing import op_params, op_samples, qkv_views
 
 needs_extension = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
 CUDA_SAMPLES = op_params("cuda") if torch.cuda.is_available() else []
@@ -15,6 +15,65 @@ CUDA_SAMPLES = op_params("cuda") if torch.cuda.is_available() else []
 @pytest.mark.parametrize("op, args", op_params("cpu"))
 def test_opcheck_cpu(op, args):
     torch.library.opcheck(op, args)
+
+
+DIFFERENTIABLE = ("attention", "attention_probs", "linear", "mlp")
+
+
+def _requiring_grad(args):
+    """The sample's tensors as leaves that require grad (strided views become copies)."""
+    return tuple(a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a
+                 for a in args)
+
+
+def _grad_samples():
+    return [pytest.param(op, _requiring_grad(args), id=name)
+            for name, op, args in op_samples("cpu")
+            if op.name().split("::")[1] in DIFFERENTIABLE]
+
+
+@needs_extension
+@pytest.mark.parametrize("op, args", _grad_samples())
+def test_opcheck_cpu_with_inputs_that_require_grad(op, args):
+    """The kernels compute values; the registered backward differentiates the reference."""
+    torch.library.opcheck(op, args)
+
+
+@needs_extension
+@pytest.mark.parametrize("op, args", _grad_samples())
+def test_gradients_are_the_references(op, args):
+    oracle = getattr(reference, op.name().split("::")[1])
+    inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    out = op(*args)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, inputs, grad)
+    theirs = torch.autograd.grad(oracle(*args), inputs, grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_extension
+def test_second_derivatives_are_the_references():
+    """Also with x passed twice (as the residual): each use is its own partial."""
+    x, w, b = torch.randn(5, 8), torch.randn(8, 8), torch.randn(8)
+    results = []
+    for fn in (ops.linear, reference.linear):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        gx, = torch.autograd.grad(fn(xr, wr, b, xr, "hardswish").pow(2).sum(), xr,
+                                  create_graph=True)
+        gx.pow(2).sum().backward()
+        results.append((gx.detach(), xr.grad, wr.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_extension
+def test_packed_ops_backward_says_what_to_use():
+    x, w = torch.randn(5, 8, requires_grad=True), torch.randn(6, 8)
+    out = ops.linear_packed(x, cpu.pack_weight(w), 6)
+    with pytest.raises(RuntimeError, match="levit::linear_packed has no backward .* use "
+                                           "levit::linear"):
+        out.sum().backward()
 
 
 @pytest.mark.skipif(not CUDA_SAMPLES, reason="no CUDA device")

@@ -447,6 +447,22 @@ def _wide_checkpoint(tmp_path):
     return str(path)
 
 
+def test_a_file_name_that_is_not_utf8_is_written_as_it_is(tmp_path):
+    """Linux allows any bytes but / in a name: the CSV row carries them as they are on disk
+    (it was a UnicodeEncodeError traceback and a half-written file)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = _noise(np.random.default_rng(0), (90, 120, 150), 40, 50)
+    for name in (b"a.png", b"bad\xff.png", b"c.png"):
+        image.save(os.path.join(os.fsencode(folder), name), format="PNG")
+    out = tmp_path / "o.csv"
+    assert main(["predict", str(folder), "--out", str(out), "--topk", "1", *MODEL_ARGS,
+                 "--workers", "0", "--quiet"]) == 0
+    rows = out.read_bytes().splitlines()[1:]
+    assert [row.split(b",")[0].rsplit(b"/", 1)[1] for row in rows] == \
+        [b"a.png", b"bad\xff.png", b"c.png"]
+
+
 def test_a_non_square_checkpoint_loads_with_the_size_it_was_trained_at(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -157,6 +157,17 @@ class Target:
         return self.pack and self.kernels == "cpu" and self.device.type == "cpu"
 
 
+def _number(module, name: str):
+    """A number attribute the plan reads once (an attention's scale, a BN's eps). One set to
+    a tensor could be edited in place, which no key sees (StateKey records the version of
+    parameters and buffers only): such a model runs the plain layers, which read it each call."""
+    value = getattr(module, name)
+    if isinstance(value, torch.Tensor):
+        raise UnsupportedModel(module, f"holds {name} as a tensor, which the fused plan would "
+                                       f"read once; set a Python number")
+    return value
+
+
 # -- BatchNorm folding (in float64, rounded once to the plan's dtype) --------------------------
 def _bn_scale_shift(bn, bias=None):
     """BN(y + bias) == scale * y + shift, in eval mode (the running statistics).
@@ -167,7 +178,7 @@ def _bn_scale_shift(bn, bias=None):
     if bn.running_mean is None or bn.running_var is None:
         raise UnsupportedModel(bn, "has no running statistics (it normalises each batch by its "
                                    "own), which cannot be folded")
-    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    std = torch.sqrt(bn.running_var.double() + _number(bn, "eps"))
     scale = 1 / std if bn.weight is None else bn.weight.double() / std
     mean = bn.running_mean.double()
     shift = -mean * scale if bias is None else (bias.double() - mean) * scale
@@ -267,7 +278,7 @@ class FusedAttention:
         self.shrinking = isinstance(attn, AttentionDownsample)
         _expect(attn, AttentionDownsample if self.shrinking else Attention)
         self.heads, self.key_dim, self.val_dim = attn.num_heads, attn.key_dim, attn.val_dim
-        self.scale = attn.scale
+        self.scale = _number(attn, "scale")
         self.head_parts = dict(attn.head_parts)     # the projection's per-head layout
         bias = attn.gathered_bias().detach().to(device=target.device, dtype=target.dtype)
         if target.kernels == "gpu":

@@ -207,3 +207,58 @@ def conv2d_packed(x: Tensor, packed_weight: Tensor, out_channels: int, kernel_si
         x, packed_weight, checks.check_int(out_channels, "out_channels", 1),
         checks.check_int(kernel_size, "kernel_size", 1), checks.check_int(stride, "stride", 1),
         checks.check_int(padding, "padding", 0), bias, activation)
+
+
+# -- autograd: the kernels compute values; gradients come from the reference's math ----------
+def _backward_from_reference(op, reference_fn) -> None:
+    """Give `op` the gradients of `reference_fn` (its oracle, same arguments): the backward
+    recomputes the forward in plain PyTorch and differentiates that. Training through the ops
+    then works (at the reference's speed), instead of autograd's "no formula" error."""
+    def setup_context(ctx, inputs, output):
+        ctx.inputs = [None if isinstance(a, Tensor) else a for a in inputs]
+        ctx.positions = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.positions))
+
+    def backward(ctx, grad):
+        # Grad mode is on here only for backward(create_graph=True): then the gradients are
+        # themselves recorded, for second derivatives.
+        higher_order = torch.is_grad_enabled()
+        args = list(ctx.inputs)
+        with torch.enable_grad():
+            # One tensor per argument, even where one tensor was passed twice (residual=x):
+            # each position's gradient is its own partial. A view keeps the graph for second
+            # derivatives; a detached copy is enough for first ones.
+            for i, t in zip(ctx.positions, ctx.saved_tensors):
+                args[i] = (t.view_as(t) if higher_order
+                           else t.detach().requires_grad_(ctx.needs_input_grad[i]))
+            wanted = [i for i in ctx.positions if ctx.needs_input_grad[i]]
+            out = reference_fn(*args)
+            grads = torch.autograd.grad(out, [args[i] for i in wanted], grad, allow_unused=True,
+                                        create_graph=higher_order)
+        result = [None] * len(args)
+        for i, g in zip(wanted, grads):
+            result[i] = torch.zeros_like(args[i]) if g is None else g
+        return tuple(result)
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+_backward_from_reference(_attention, reference.attention)
+_backward_from_reference(_attention_probs, reference.attention_probs)
+_backward_from_reference(_linear, reference.linear)
+_backward_from_reference(_mlp, reference.mlp)
+
+
+def _no_backward(op, name: str, instead: str) -> None:
+    """A packed op's weight is a layout, not a tensor a gradient could flow back into: its
+    backward says what to use instead of autograd's generic "no formula registered"."""
+    def backward(ctx, grad):
+        raise RuntimeError(f"{name} has no backward (its weight is packed for the kernels); "
+                           f"for gradients use {instead}")
+
+    op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
+
+
+_no_backward(_linear_packed, "levit::linear_packed", "levit::linear")
+_no_backward(_mlp_packed, "levit::mlp_packed", "levit::mlp")
+_no_backward(_conv2d_packed, "levit::conv2d_packed", "torch.nn.functional.conv2d")

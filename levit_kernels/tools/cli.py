@@ -97,6 +97,14 @@ def _output_file(text: str) -> str:
 def cmd_bench(args) -> int:
     from .bench import format_table, run_benchmark
     if args.paper:          # the paper's Table 3 protocol
+        given = [flag for flag, value, default in (("--batch", args.batch, 16),
+                                                   ("--threads", args.threads, None),
+                                                   ("--dtype", args.dtype, "float32"),
+                                                   ("--amp", args.amp, False))
+                 if value != default]
+        if given:
+            raise UsageError(f"--paper fixes batch, threads and dtype (CPU: batch 16, 1 thread, "
+                             f"float32; GPU: batch 2048, fp16 autocast): drop {', '.join(given)}")
         if args.device == "cpu":
             args.threads, args.batch, args.dtype = 1, 16, "float32"
         else:
@@ -108,6 +116,9 @@ def cmd_bench(args) -> int:
             raise UsageError("--device cuda: no CUDA device is available")
     elif args.dtype == "float16":
         raise UsageError(f"--dtype {args.dtype}: CPU kernels run float32 and bfloat16 only")
+    if args.amp and args.dtype == "float32":
+        raise UsageError("--amp: autocast runs a lower precision (--dtype bfloat16, or float16 "
+                         "on GPU); with float32 there is nothing to autocast")
     report = run_benchmark(variant=args.variant, batch=args.batch, threads=args.threads,
                            device=args.device, dtype=args.dtype, amp=args.amp,
                            compare=args.compare, compile_models=args.compile,

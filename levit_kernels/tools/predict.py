@@ -80,7 +80,9 @@ def predict(model, files: ImageFiles, processes: Processes, out: str, topk: int,
         return None
     make_writer = {".csv": _csv_writer, ".jsonl": _jsonl_writer}[output_format(out)]
     try:
-        f = open(out, "w", newline="", encoding="utf-8")
+        # A file name that is not UTF-8 (legal on Linux) reaches us with surrogate escapes:
+        # the CSV gets its bytes as they are on disk (JSONL escapes them as \udcXX).
+        f = open(out, "w", newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--out {out!r}: cannot write it: {exc.strerror or exc}")
     with f:
