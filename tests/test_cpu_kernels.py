@@ -210,6 +210,16 @@ def test_mlp(mch, packed, isa, threads):
     assert_close(out, expected)
 
 
+@pytest.mark.mlp
+def test_mlp_takes_any_strides_like_linear():
+    """cpu.linear copies a weight of any strides; cpu.mlp refused a transposed one."""
+    x = torch.randn(5, 12)
+    w1, w2 = torch.randn(12, 24).t() / 4, torch.randn(24, 12).t() / 5    # (24, 12), (12, 24)
+    b1, b2 = torch.randn(48)[::2], torch.randn(12)                          # b1: a step of 2
+    assert not w1.is_contiguous() and not w2.is_contiguous()
+    assert_close(cpu.mlp(x.t().contiguous().t(), w1, b1, w2, b2), ref.mlp(x, w1, b1, w2, b2))
+
+
 # ---------------------------------------------------------------- conv (the stem)
 # (B, Cin, H, W, Cout, kernel, stride, padding): LeViT's stem convolutions (3x3, stride 2,
 # padding 1 at 224 and odd sizes) and other geometries, on NHWC and NCHW-strided inputs.

@@ -259,9 +259,11 @@ def mlp_packed(x: torch.Tensor, w1_packed: torch.Tensor, b1: torch.Tensor,
 
 def mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
         b2: torch.Tensor) -> torch.Tensor:
-    """LeViT's residual MLP x + hardswish(x·w1ᵀ + b1)·w2ᵀ + b2 in one call."""
+    """LeViT's residual MLP x + hardswish(x·w1ᵀ + b1)·w2ᵀ + b2 in one call; the weights are
+    packed on the fly. Every tensor may have any strides (copied, as in `linear`)."""
     _plain_inputs(("x", x), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))
-    x = _any_strides(x, "x")
+    x, w1, b1, w2, b2 = (_any_strides(t, name) for t, name in (
+        (x, "x"), (w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")))
     channels, hidden = checks.check_mlp(x, w1, b1, w2, b2, allowed=CPU_ONLY, devices=ON_CPU)
     if x.numel() == 0 or channels == 0 or hidden == 0:
         return reference.mlp(x, w1, b1, w2, b2).contiguous()
