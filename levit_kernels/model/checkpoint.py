@@ -100,19 +100,23 @@ def resize_attention_biases(table: torch.Tensor, old_grid: Tuple[int, int],
     return resized.reshape(heads, new_grid[0] * new_grid[1]).to(table.dtype)
 
 
-def _bias_grids(model, img_size) -> Dict[str, Tuple[int, int]]:
-    """The (rows, cols) offset grid of every attention-bias table of `model`'s architecture
-    at `img_size`, by state-dict key (built on the meta device: shapes only, no memory)."""
-    with torch.device("meta"):
-        twin = LeViT(model.config, num_classes=0, distillation=False, img_size=img_size)
+def _grids(model) -> Dict[str, Tuple[int, int]]:
+    """The (rows, cols) offset grid of each of `model`'s attention-bias tables, by key."""
     return {f"{name}.attention_biases": module.key_resolution
-            for name, module in twin.named_modules() if isinstance(module, AttentionBias)}
+            for name, module in model.named_modules() if isinstance(module, AttentionBias)}
+
+
+def _bias_grids(model, img_size) -> Dict[str, Tuple[int, int]]:
+    """_grids of `model`'s architecture at another `img_size` (a twin built on the meta
+    device: shapes only, no memory)."""
+    with torch.device("meta"):
+        return _grids(LeViT(model.config, num_classes=0, distillation=False, img_size=img_size))
 
 
 def _checkpoint_grids(tables: Dict[str, torch.Tensor], own: Dict[str, Tuple[int, int]], model,
                       checkpoint_img_size) -> Dict[str, Tuple[int, int]]:
     """The offset grid each of the checkpoint's bias `tables` was trained on (`own`: the
-    model's grids, _bias_grids at its img_size).
+    model's grids, _grids).
 
     A table holds rows*cols entries, which do not say rows and cols: 280 entries are a 14x20
     grid (224x320 images) or a 20x14 one (320x224), and the two need different resizing. So
@@ -247,7 +251,7 @@ def _load(model, state: Dict[str, torch.Tensor], checkpoint_img_size) -> None:
                              f"to {tuple(own[key].shape)}: expected {own[key].shape[0]} "
                              f"heads of >= 1 entries")
     if tables:
-        new_grids = _bias_grids(model, model.img_size)
+        new_grids = _grids(model)
         old_grids = _checkpoint_grids(tables, new_grids, model, checkpoint_img_size)
         for key, value in tables.items():
             if old_grids[key] != new_grids[key]:
