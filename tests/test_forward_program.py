@@ -1,7 +1,8 @@
 """cpu.ForwardProgram: the whole fused CPU forward as one C++ call (csrc/forward.h).
 
-The fused model runs it for eager forwards; torch.compile traces the same layers one op at a
-time. Both must agree with each other and with the plain model, at every batch size (batches
+The fused model runs it for eager forwards (and, as the one op levit::fused_program, under
+torch.compile); the launchers run the same layers one op at a time. Both must agree with each
+other and with the plain model, at every batch size (batches
 run in chunks of 16 images through one workspace), any image strides, and every layer shape
 the variants and ablations have.
 """

@@ -14,8 +14,9 @@ training behaviour); what it adds is owned here, in one place:
   the plain model's answer — training mode, images that require grad (the kernels have no
   backward), torch.jit.trace and ONNX export (they cannot record or express the kernels),
   torch.func transforms, and models the plan does not fold (a replaced or hooked layer);
-* the backend of each fused forward (plan.py): the one-call CPU program, the launchers, or
-  the registered ops under torch.compile — chosen once here and passed down; on GPU optionally
+* the backend of each fused forward (plan.py): the one-call CPU program (eager, and as one
+  op under torch.compile), the launchers, or the registered ops under torch.compile off the
+  CPU — chosen once here and passed down; on GPU optionally
   replayed as one CUDA graph per input shape (`use_cuda_graphs()`, cuda_graphs.py).
 """
 from __future__ import annotations
@@ -193,6 +194,12 @@ class FusedLeViT(LeViT):
         plan = self._plan
         if isinstance(plan, _PlainPlan):
             return super().forward(x)
+        if plan.program is not None:
+            # On CPU the graph holds the eager one-call program as one op: traced layer by
+            # layer, every op allocates its output and the compiled forward ran 1.2-1.6x
+            # slower than the eager one (benchmarks/README.md, "torch.compile on CPU").
+            return torch.ops.levit.fused_program(x, self._registry_id, plan.key.generation,
+                                                 plan.program.output_features, plan.dtype)
         logits = TORCH_OPS.run(plan, x)
         return torch.ops.levit.fused_plan_check(logits, x, self._registry_id,
                                                 plan.key.generation)
@@ -278,31 +285,66 @@ def _fused_plan_check(logits: Tensor, images: Tensor, registry_id: int,
     model's; if not (the weights were edited in place after compiling, an attribute
     changed...), the eager fused forward's, which rebuilds the plan (and the next call
     recompiles, the plan's generation having changed)."""
-    model = _LIVE.get(registry_id)
-    if model is None:
-        raise RuntimeError("levit::fused_plan_check: the fused LeViT this compiled graph was "
-                           "traced from no longer exists")
-    plan = model._plan
-    if plan is not None and plan.key.generation == generation and plan.key.matches(model):
+    model, plan = _traced_plan(registry_id, generation)
+    if plan is not None:
         return logits.clone()      # an op's output may not alias its input
-    _warn_once("recompute", "LeViT(fused=True) under torch.compile: the model changed after "
-                            "its graph was traced; this call ran the eager fused forward, and "
-                            "the next one recompiles")
-    with torch.no_grad():
-        eager = torch.compiler.disable(model.forward)(images)
-    if eager.shape != logits.shape or eager.dtype != logits.dtype:
-        # The graph was traced for the old model's output; this op cannot return another.
-        raise RuntimeError(
-            f"LeViT(fused=True) under torch.compile: the model changed after its graph was "
-            f"traced, and so did its output ({tuple(logits.shape)} {logits.dtype} -> "
-            f"{tuple(eager.shape)} {eager.dtype}), which this compiled call cannot return. "
-            f"Call the compiled model again: the next call recompiles for the model as it is now")
-    return eager
+    return _eager_instead(model, images, logits.shape, logits.dtype)
 
 
 @_fused_plan_check.register_fake
 def _(logits, images, registry_id, generation):
     return torch.empty_like(logits)
+
+
+@custom_op("levit::fused_program", mutates_args=(), device_types=("cpu",),
+           tags=_RUN_EVERY_CALL)
+def _fused_program(images: Tensor, registry_id: int, generation: int, out_features: int,
+                   dtype: torch.dtype) -> Tensor:
+    """A compiled fused forward on CPU: the plan's one-call C++ program, as the eager forward
+    runs it, if the plan it traced is still the model's; if not, the eager fused forward
+    (as in levit::fused_plan_check). `out_features` and `dtype` are the traced program's
+    logits, for the fake implementation."""
+    model, plan = _traced_plan(registry_id, generation)
+    if plan is not None:
+        with torch.no_grad():
+            return PROGRAM.run(plan, images)
+    return _eager_instead(model, images, (images.shape[0], out_features), dtype)
+
+
+@_fused_program.register_fake
+def _(images, registry_id, generation, out_features, dtype):
+    return images.new_empty((images.shape[0], out_features), dtype=dtype)
+
+
+def _traced_plan(registry_id: int, generation: int):
+    """(the model, the plan a compiled graph traced if it is still the model's, else None)."""
+    model = _LIVE.get(registry_id)
+    if model is None:
+        raise RuntimeError("levit_kernels: the fused LeViT this compiled graph was traced "
+                           "from no longer exists")
+    plan = model._plan
+    if plan is not None and plan.key.generation == generation and plan.key.matches(model):
+        return model, plan
+    return model, None
+
+
+def _eager_instead(model: "FusedLeViT", images: Tensor, shape, dtype: torch.dtype) -> Tensor:
+    """A compiled call whose traced plan is no longer the model's: the eager fused forward,
+    which rebuilds the plan (the next call recompiles, the plan's generation having changed),
+    if its logits have the traced graph's shape and dtype."""
+    _warn_once("recompute", "LeViT(fused=True) under torch.compile: the model changed after "
+                            "its graph was traced; this call ran the eager fused forward, and "
+                            "the next one recompiles")
+    with torch.no_grad():
+        eager = torch.compiler.disable(model.forward)(images)
+    if eager.shape != tuple(shape) or eager.dtype != dtype:
+        # The graph was traced for the old model's output; this op cannot return another.
+        raise RuntimeError(
+            f"LeViT(fused=True) under torch.compile: the model changed after its graph was "
+            f"traced, and so did its output ({tuple(shape)} {dtype} -> "
+            f"{tuple(eager.shape)} {eager.dtype}), which this compiled call cannot return. "
+            f"Call the compiled model again: the next call recompiles for the model as it is now")
+    return eager
 
 
 def _needs_plain_layers(model: LeViT, x: torch.Tensor) -> bool:
@@ -382,8 +424,7 @@ class _NoBackward(torch.autograd.Function):
 def _backend(plan: FusedPlan):
     """How an eager forward runs the plan: the one-call program for "cpu" plans, the GPU
     launchers for "gpu" plans (the torch.ops dispatcher's per-call cost is measurable at ~80
-    calls per forward), kept on the plan. Under torch.compile it is TORCH_OPS
-    (_traced_forward)."""
+    calls per forward), kept on the plan. (Under torch.compile: _traced_forward.)"""
     if plan.program is not None:
         return PROGRAM
     if plan.kernels == "gpu":

@@ -19,8 +19,10 @@ the device's, KERNELS) and run by a backend, chosen once per forward by the fuse
     Launchers    eager, layer by layer on the launchers of ops/cpu.py
     GpuLaunchers eager, "gpu" plans: the Triton launchers, inputs checked once per input shape,
                  optionally replayed as one CUDA graph (gpu_backend.py, cuda_graphs.py)
-    TORCH_OPS    under torch.compile, layer by layer on the registered levit::* ops, which the
-                 compiler traces (it cannot see into the launchers)
+    TORCH_OPS    under torch.compile off the CPU, and in torch.export graphs, layer by layer
+                 on the registered levit::* ops, which the compiler traces (it cannot see into
+                 the launchers). A compiled "cpu" plan runs its program as one op instead
+                 (levit::fused_program, fused.py)
 
 The layers hold data only; a backend's linear / mlp / conv / attention run them.
 """
@@ -438,27 +440,23 @@ class LayerByLayer:
 
 
 class _TorchOps(LayerByLayer):
-    """Under torch.compile: the registered ops, on the packed weights where there are some."""
+    """Under torch.compile off the CPU and in torch.export graphs: the registered ops on the
+    folded (unpacked) weights. (A compiled "cpu" plan runs its program as one op instead.)"""
+
+    @staticmethod
+    def nhwc_stem(plan: FusedPlan) -> bool:
+        return False
 
     @staticmethod
     def linear(layer: FusedLinear, x, residual=None, activation="none"):
-        if layer.cpu is not None:
-            return ops.linear_packed(x, layer.cpu.packed, layer.out_features, layer.bias,
-                                     residual, activation)
         return ops.linear(x, layer.weight, layer.bias, residual, activation)
 
     @staticmethod
     def mlp(layer: FusedMlp, x):
-        if layer.cpu is not None:
-            return ops.mlp_packed(x, layer.fc1.cpu.packed, layer.fc1.bias, layer.fc2.cpu.packed,
-                                  layer.fc2.bias)
         return ops.mlp(x, layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)
 
     @staticmethod
     def conv(layer: FusedConv, x, activation):
-        if layer.cpu is not None:
-            return ops.conv2d_packed(x, layer.cpu.packed, layer.out_channels, layer.kernel_size,
-                                     layer.stride, layer.padding, layer.bias, activation)
         return _conv_nchw(layer, x, activation)
 
     attention = staticmethod(ops.attention)
