@@ -191,6 +191,40 @@ def test_torch_compile_on_cpu_runs_the_one_call_program(dtype):
     assert levit_ops in (["levit.fused_program"], ["levit.fused_program.default"])
 
 
+def _storage_bytes(objects) -> int:
+    """Bytes of the distinct tensor storages reachable from `objects` through the attributes
+    of levit_kernels' own classes, lists, tuples and dicts."""
+    seen, storages, stack = set(), {}, list(objects)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif type(obj).__module__.startswith("levit_kernels") and hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return sum(storages.values())
+
+
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+@pytest.mark.parametrize("variant", ["LeViT-128S", "LeViT-256"])
+def test_a_packed_plan_holds_the_weights_once(variant):
+    """A CPU plan keeps its folded weights packed, once: its layers (all but the program's
+X: an unpacked copy was kept
+    beside the packed one, and each MLP's weights were packed twice."""
+    _, fused = pair(variant)                         # eval() built the plan
+    plan = fused._plan
+    assert plan.program is not None
+    parameter_bytes = sum(p.numel() * p.element_size() for p in fused.parameters())
+    assert _storage_bytes(plan.stem + plan.layers + [plan.head]) <= 1.15 * parameter_bytes
+
+
 # ---- staleness cases test_cache_is_never_stale does not reach ------------------------------
 def test_cache_after_a_training_forward():
     """A training-mode forward updates every BatchNorm's running statistics in place; the

@@ -225,15 +225,18 @@ def fold_head(head):
 
 # -- folded layers ----------------------------------------------------------------------------
 class FusedLinear:
-    """A folded linear layer: (N, K) weight and bias, plus on CPU the weight packed once
-    (cpu.PackedLinear, which also checks it once instead of per call) for "cpu" plans
-    that pack."""
+    """A folded linear layer: (N, K) weight and bias. In "cpu" plans that pack, the weight is
+    packed once (`cpu`: a cpu.PackedLinear, which also checks it once instead of per call)
+    and not kept unpacked (`weight` None): nothing reads that copy, which cost as much memory
+    as the packed one. pack=False leaves it unpacked (an MLP packs its two layers together)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, target: Target):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, target: Target,
+                 pack: bool = True):
         self.out_features = weight.shape[0]
-        self.weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
+        weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
         self.bias = bias.to(device=target.device, dtype=target.dtype).contiguous()
-        self.cpu = cpu.PackedLinear(self.weight, self.bias) if target.packs_cpu else None
+        self.cpu = cpu.PackedLinear(weight, self.bias) if target.packs_cpu and pack else None
+        self.weight = weight if self.cpu is None else None
 
 
 class FusedConv:
@@ -253,24 +256,30 @@ class FusedConv:
                                          "zero padding, dilation 1 and groups 1")
         self.stride, self.padding = conv.stride[0], conv.padding[0]
         self.out_channels, self.kernel_size = weight.shape[0], weight.shape[-1]
-        self.weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
+        weight = weight.to(device=target.device, dtype=target.dtype).contiguous()
         self.bias = bias.to(device=target.device, dtype=target.dtype).contiguous()
-        self.cpu = (cpu.PackedConv(self.weight, self.bias, self.stride, self.padding)
+        self.cpu = (cpu.PackedConv(weight, self.bias, self.stride, self.padding)
                     if target.packs_cpu else None)
+        self.weight = weight if self.cpu is None else None      # as FusedLinear's
         self.matrix = None
         if target.kernels == "gpu":
             from ..ops.gpu.conv import conv_weight_matrix      # imports Triton: only when needed
-            self.matrix = conv_weight_matrix(self.weight)
+            self.matrix = conv_weight_matrix(weight)
 
 
 class FusedMlp:
     def __init__(self, mlp: LevitMlp, target: Target):
         _expect(mlp, LevitMlp)
         _expect(mlp.act, nn.Hardswish)
-        self.fc1 = FusedLinear(*fold_linear_norm(_expect(mlp.ln1, LinearNorm)), target)
-        self.fc2 = FusedLinear(*fold_linear_norm(_expect(mlp.ln2, LinearNorm)), target)
-        self.cpu = (cpu.PackedMlp(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-                    if target.packs_cpu else None)
+        # Packed together (cpu.PackedMlp) in "cpu" plans that pack, then kept only so: the
+        # fused MLP never runs its two layers as linears.
+        self.fc1 = FusedLinear(*fold_linear_norm(_expect(mlp.ln1, LinearNorm)), target, False)
+        self.fc2 = FusedLinear(*fold_linear_norm(_expect(mlp.ln2, LinearNorm)), target, False)
+        self.cpu = None
+        if target.packs_cpu:
+            self.cpu = cpu.PackedMlp(self.fc1.weight, self.fc1.bias, self.fc2.weight,
+                                     self.fc2.bias)
+            self.fc1.weight = self.fc2.weight = None
 
 
 class FusedAttention:
