@@ -191,6 +191,30 @@ def test_torch_compile_on_cpu_runs_the_one_call_program(dtype):
     assert levit_ops in (["levit.fused_program"], ["levit.fused_program.default"])
 
 
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_fused_program_op_called_raw_checks_what_a_graph_would_pass():
+    """levit::fused_program is registered, so callable by hand: arguments a compiled graph
+    would never pass are refused, not run (uint8 images converted, or logits that are not
+    the shape its fake implementation promised)."""
+    plain, fused = pair()
+    op, model_id = torch.ops.levit.fused_program, fused._registry_id
+    generation = fused._plan.key.generation
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert rel_err(op(images, model_id, generation, 1000, torch.float32),
+                       plain(images)) <= 1e-5
+        for out_features, dtype in ((7, torch.float32), (1000, torch.bfloat16)):
+            with pytest.raises(ValueError, match="out_features, dtype: expected the plan's 1000"):
+                op(images, model_id, generation, out_features, dtype)
+        for wrong in (torch.uint8, torch.float64, torch.bfloat16):
+            with pytest.raises(TypeError, match="images: expected torch.float32"):
+                op(images.to(wrong), model_id, generation, 1000, torch.float32)
+        with pytest.raises(ValueError, match=r"images: expected shape \(B, 3, 224, 224\)"):
+            op(images[:, :, :112], model_id, generation, 1000, torch.float32)
+        with pytest.raises(RuntimeError, match="no longer exists"):
+            op(images, model_id + 1, generation, 1000, torch.float32)
+
+
 def _storage_bytes(objects) -> int:
     """Bytes of the distinct tensor storages reachable from `objects` through the attributes
     of levit_kernels' own classes, lists, tuples and dicts."""

@@ -306,6 +306,14 @@ def _fused_program(images: Tensor, registry_id: int, generation: int, out_featur
     logits, for the fake implementation."""
     model, plan = _traced_plan(registry_id, generation)
     if plan is not None:
+        # What a compiled graph passes, checked for raw calls of the op.
+        if (out_features, dtype) != (plan.program.output_features, plan.dtype):
+            raise ValueError(f"out_features, dtype: expected the plan's "
+                             f"{plan.program.output_features}, {plan.dtype}; got "
+                             f"{out_features}, {dtype}")
+        if images.dtype not in (plan.dtype, torch.float32):
+            raise TypeError(f"images: expected {plan.dtype} or float32 (the model's forward "
+                            f"takes others), got {images.dtype}")
         with torch.no_grad():
             return PROGRAM.run(plan, images)
     return _eager_instead(model, images, (images.shape[0], out_features), dtype)
