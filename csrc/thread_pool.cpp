@@ -19,10 +19,15 @@
 // exception is kept, no further task is handed out, and the caller rethrows it only after
 // every worker has left the job, so no worker ever calls `fn` once the caller has unwound.
 //
+// On an external team (set_team_runner) a job keeps the same rules: Sync::job still admits
+// one job at a time (a second caller runs inline), tasks come from the same counter and
+// errors are kept the same way; the runner itself waits for its threads.
+//
 // fork(): only the forking thread survives in the child. pthread_atfork handlers take both
 // locks before fork() (so no job is half published or half joined), release them in the
 // parent, and in the child reset the one pool in place: no workers, fresh locks and
-// condition variables. New workers start on the first job.
+// condition variables, and no external team (its threads did not survive either). New
+// workers start on the first job.
 #include "thread_pool.h"
 
 #include <pthread.h>
@@ -92,6 +97,10 @@ class Pool {
       return;
     }
     const int workers = static_cast<int>(std::min<int64_t>({nthreads, ntasks, cpus_})) - 1;
+    if (TeamRunner team = team_.load(std::memory_order_acquire)) {
+      run_on_team(team, workers + 1, ntasks, fn);
+      return;
+    }
     grow(workers);
     {
       std::lock_guard<std::mutex> lk(sync_.state);
@@ -124,6 +133,9 @@ class Pool {
   }
 
   int workers() const { return workers_.load(std::memory_order_relaxed); }
+
+  void set_team(TeamRunner runner) { team_.store(runner, std::memory_order_release); }
+  bool has_team() const { return team_.load(std::memory_order_acquire) != nullptr; }
 
  private:
   struct Sync {
@@ -165,7 +177,36 @@ class Pool {
     p.joined_.store(0, std::memory_order_relaxed);
     p.open_ = false;
     p.caller_waiting_ = false;
+    p.team_.store(nullptr, std::memory_order_relaxed);   // the parent's team is gone too
     new (&p.sync_) Sync();
+  }
+
+  // The job on an external team (the caller holds Sync::job): every team thread, the
+  // caller included, drains the same task counter; the runner returns once all are done.
+  struct TeamJob {
+    Pool* pool;
+    const std::function<void(int64_t)>* fn;
+    int64_t ntasks;
+  };
+
+  static void team_body(void* data) {
+    const TeamJob& job = *static_cast<const TeamJob*>(data);
+    const bool outer = t_in_pool_job;
+    t_in_pool_job = true;          // a parallel_for inside a task runs inline
+    job.pool->drain(*job.fn, job.ntasks);
+    t_in_pool_job = outer;
+  }
+
+  void run_on_team(TeamRunner team, int threads, int64_t ntasks,
+                   const std::function<void(int64_t)>& fn) {
+    {
+      std::lock_guard<std::mutex> lk(sync_.state);
+      next_.store(0, std::memory_order_relaxed);
+      error_ = nullptr;
+    }
+    TeamJob job{this, &fn, ntasks};
+    team(&team_body, &job, static_cast<unsigned>(threads), 0);
+    if (error_) std::rethrow_exception(error_);   // every team thread has returned
   }
 
   void grow(int n) {
@@ -237,6 +278,7 @@ class Pool {
   std::atomic<int64_t> next_{0};
   std::atomic<int> joined_{0};    // workers inside the job
   std::atomic<uint64_t> generation_{0};
+  std::atomic<TeamRunner> team_{nullptr};   // set_team_runner
 };
 
 }  // namespace
@@ -251,5 +293,9 @@ void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t
 }
 
 int thread_pool_workers() { return Pool::get().workers(); }
+
+void set_team_runner(TeamRunner runner) { Pool::get().set_team(runner); }
+
+bool team_runner_active() { return Pool::get().has_team(); }
 
 }  // namespace levit

@@ -222,6 +222,16 @@ PYBIND11_MODULE(_C, m) {
         "Switch the kernel path at run time (ValueError if the CPU lacks it).");
   m.def("thread_pool_workers", &levit::thread_pool_workers,
         "Worker threads the kernels' pool has started in this process.");
+  m.def(
+      "set_team_runner",
+      [](std::uintptr_t address) {
+        levit::set_team_runner(reinterpret_cast<levit::TeamRunner>(address));
+      },
+      py::arg("address"),
+      "Run the parallel loops on the OpenMP runtime whose GOMP_parallel is at `address` "
+      "(0: on the pool's own workers).");
+  m.def("team_runner_active", &levit::team_runner_active,
+        "Whether the parallel loops run on an external (OpenMP) team.");
   // Facts the Python side reads from here rather than writing them again.
   m.attr("PANEL") = levit::kPanel;
   py::dict acts;

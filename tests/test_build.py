@@ -54,3 +54,28 @@ def test_set_isa_rejects_unknown():
     from levit_kernels.ops import _C
     with pytest.raises(ValueError):
         _C.set_isa("sse9")
+
+
+def _threads_note_in_subprocess(value):
+    env = dict(os.environ)
+    env.pop("LEVIT_THREAD_POOL", None)
+    if value is not None:
+        env["LEVIT_THREAD_POOL"] = value
+    code = "from levit_kernels import cpu; print(cpu.threads_note())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                            capture_output=True, text=True)
+    return result.stdout.strip(), result.stderr
+
+
+def test_kernels_run_on_pytorchs_openmp_team_where_pytorch_runs_on_openmp():
+    """By default the parallel loops use PyTorch's OpenMP threads (ops/openmp_team.py), which
+    would otherwise spin on the cores the kernels need; LEVIT_THREAD_POOL=own keeps the
+    kernels' own pool, and a bad value says so and keeps the default."""
+    import torch
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch's CPU ops do not run on OpenMP: nothing to share")
+    note, _ = _threads_note_in_subprocess(None)
+    assert note.startswith("PyTorch's OpenMP team ("), note
+    assert _threads_note_in_subprocess("own")[0] == "the kernels' own pool (LEVIT_THREAD_POOL=own)"
+    note, stderr = _threads_note_in_subprocess("omp")
+    assert note.startswith("PyTorch's OpenMP team (") and "LEVIT_THREAD_POOL='omp'" in stderr

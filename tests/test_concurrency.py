@@ -17,12 +17,28 @@ import pytest
 import torch
 
 from levit_kernels import LeViT, cpu
+from levit_kernels.ops import openmp_team
 
 from levit_testing import op_calls, randomize_, using_threads
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
 
 N_THREADS = 4
+
+
+@pytest.fixture(autouse=True, params=["own pool", "openmp team"])
+def pool(request):
+    """Every test runs on both: the kernels' own pool, and PyTorch's OpenMP team (the default
+    where PyTorch's CPU ops run on OpenMP; skipped, saying why, where there is none to share)."""
+    lib = cpu._lib()
+    if request.param == "own pool":
+        lib.set_team_runner(address=0)
+    else:
+        openmp_team.attach(lib)
+        if not lib.team_runner_active():
+            pytest.skip(f"no OpenMP team to share here: {openmp_team.describe()}")
+    yield request.param
+    openmp_team.attach(lib)     # back to what the import chose
 
 
 def run_in_threads(work, n=N_THREADS, timeout=300):
@@ -145,18 +161,20 @@ def _run_in_child(child, timeout=120):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
-def test_pool_after_fork():
-    """The parent's workers do not survive fork(). The child keeps the same pool, reset (no
-    workers, fresh locks), and four Python threads using it at once get the parent's
-    results and start no more than one pool's workers."""
+def test_pool_after_fork(pool):
+    """The parent's workers (or OpenMP team) do not survive fork(). The child keeps the same
+    pool, reset (no workers, fresh locks, no team), and four Python threads using it at once
+    get the parent's results and start no more than one pool's workers."""
     calls = op_calls(tokens=49, channels=64, heads=4, key_dim=16)
     names = list(calls)
     with using_threads(2):
         expected = {name: fn() for name, fn in calls.items()}
-        assert _pool_workers() >= min(1, CPUS - 1)
+        if pool == "own pool":
+            assert _pool_workers() >= min(1, CPUS - 1)
 
         def child():
-            if _pool_workers() != 0:
+            # The parent's OpenMP team did not survive either: the child runs on the pool.
+            if _pool_workers() != 0 or cpu._lib().team_runner_active():
                 return False
             results = run_in_threads(lambda i: [(n, calls[n]()) for n in names * 5])
             same = all(torch.equal(out, expected[n]) for outs in results for n, out in outs)
@@ -175,9 +193,11 @@ def vm_bytes():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
 
+from levit_kernels import cpu
+print(cpu.threads_note())
 torch.set_num_threads(2)
 x, w = torch.randn(64, 64), torch.randn(64, 64)
-expected = ops.linear(x, w)        # the pool's worker is started before the limit
+expected = ops.linear(x, w)        # the pool's worker (or team) is started before the limit
 # 2 GB of address space to spare; each task's Kt scratch buffer (Dk x Nk floats) wants 4.3 GB.
 limit = vm_bytes() + 2 * 2**30
 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -198,10 +218,14 @@ print("ok")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
-def test_a_task_that_cannot_allocate_raises_memory_error_and_the_pool_goes_on():
+def test_a_task_that_cannot_allocate_raises_memory_error_and_the_pool_goes_on(pool):
     """std::bad_alloc in a pool task (a scratch buffer past the address-space limit) becomes a
     MemoryError in the caller once every worker has left the job; the pool then runs the
     next jobs. (It used to leave the job open with a dangling task function: a crash.)"""
-    result = subprocess.run([sys.executable, "-c", _ALLOCATION_FAILS_IN_A_TASK],
+    env = dict(os.environ, LEVIT_THREAD_POOL="own" if pool == "own pool" else "auto")
+    result = subprocess.run([sys.executable, "-c", _ALLOCATION_FAILS_IN_A_TASK], env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+    note, _, ok = result.stdout.strip().rpartition("\n")
+    assert result.returncode == 0 and ok == "ok", result.stderr[-2000:]
+    assert note.startswith("PyTorch's OpenMP team" if pool == "openmp team" else
+                           "the kernels' own pool"), note

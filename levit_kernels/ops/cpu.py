@@ -32,7 +32,7 @@ from typing import List, Mapping, Optional
 
 import torch
 
-from . import checks, reference
+from . import checks, openmp_team, reference
 from .extension import (ACTIVATION_CODES, KERNEL_DTYPES, PANEL, is_available, lib as _lib,
                         packed_shape, unavailable_reason)
 
@@ -74,6 +74,13 @@ def bf16_path() -> str:
     """What the bfloat16 kernels run on the active path, e.g. 'avx2: bf16 widened to float32,
     AVX2 FMA ...' or 'avx512_bf16: vdpbf16ps ...'."""
     return _lib().bf16_path()
+
+
+def threads_note() -> str:
+    """What runs the kernels' parallel loops: PyTorch's OpenMP team, or the kernels' own pool
+    and why (ops/openmp_team.py; LEVIT_THREAD_POOL=own forces the pool)."""
+    _lib()
+    return openmp_team.describe()
 
 
 def available_isas() -> List[str]:

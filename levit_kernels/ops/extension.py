@@ -13,6 +13,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import openmp_team
+
 try:
     from . import _C
 except ImportError as exc:  # pragma: no cover - exercised only in pure-Python installs
@@ -22,6 +24,7 @@ else:
     _IMPORT_ERROR = None
     if _C.isa_warning():   # a LEVIT_CPU_ISA that could not be honoured is never silent
         warnings.warn(_C.isa_warning(), RuntimeWarning, stacklevel=2)
+    openmp_team.attach(_C)     # the parallel loops on PyTorch's OpenMP threads, if shareable
 
 # Width of the packed weight panels (csrc/gemm.h kPanel); None without the extension.
 PANEL: Optional[int] = _C.PANEL if _C is not None else None

@@ -39,6 +39,7 @@ def collect() -> Dict[str, str]:
         "cpu float32 path": cpu.float32_path() if cpu.is_available() else "-",
         "cpu bfloat16 path": cpu.bf16_path() if cpu.is_available() else "-",
         "cpu isa chosen by": cpu.isa_note() if cpu.is_available() else "-",
+        "cpu kernel threads": cpu.threads_note() if cpu.is_available() else "-",
         "triton": _triton_version(),
         "cuda": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                  else "not available"),

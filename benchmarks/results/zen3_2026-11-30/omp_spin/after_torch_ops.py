@@ -1,12 +1,14 @@
 """A fused batch-1 forward (2 threads) right after other work: nothing, a sleep, a 64 MB
 torch op (1 or 2 threads), a tiny parallel torch matmul (MKL/OpenMP). Median of 40 rounds,
-interleaved. Run it with and without OMP_WAIT_POLICY=PASSIVE.
+interleaved. Run it with and without OMP_WAIT_POLICY=PASSIVE, and with LEVIT_THREAD_POOL=own
+(the kernels' own pool) against the default (PyTorch's OpenMP team, where it can be shared).
 
     python after_torch_ops.py LeViT-128S
 """
 import time, statistics, torch, levit_kernels, warnings, sys
 warnings.simplefilter("ignore")
 torch.set_num_threads(2)
+print("kernel threads:", levit_kernels.cpu.threads_note())
 m = levit_kernels.LeViT(sys.argv[1] if len(sys.argv) > 1 else "LeViT-128S", fused=True).eval()
 x = torch.randn(1, 3, 224, 224)
 big = torch.ones(16 << 20)  # 64 MB
