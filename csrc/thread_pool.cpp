@@ -21,7 +21,11 @@
 //
 // On an external team (set_team_runner) a job keeps the same rules: Sync::job still admits
 // one job at a time (a second caller runs inline), tasks come from the same counter and
-// errors are kept the same way; the runner itself waits for its threads.
+// errors are kept the same way; the runner itself waits for its threads. Only jobs from the
+// thread that set the runner go to it: OpenMP gives every thread that starts a parallel
+// region a team of its own, and once a process has more OpenMP threads than CPUs, libgomp
+// stops spinning in all of them (each region then waits for sleeping threads to wake). Other
+// threads' jobs run on the pool, as before.
 //
 // fork(): only the forking thread survives in the child. pthread_atfork handlers take both
 // locks before fork() (so no job is half published or half joined), release them in the
@@ -97,7 +101,8 @@ class Pool {
       return;
     }
     const int workers = static_cast<int>(std::min<int64_t>({nthreads, ntasks, cpus_})) - 1;
-    if (TeamRunner team = team_.load(std::memory_order_acquire)) {
+    TeamRunner team = team_.load(std::memory_order_acquire);
+    if (team && std::this_thread::get_id() == team_thread_) {
       run_on_team(team, workers + 1, ntasks, fn);
       return;
     }
@@ -134,7 +139,10 @@ class Pool {
 
   int workers() const { return workers_.load(std::memory_order_relaxed); }
 
-  void set_team(TeamRunner runner) { team_.store(runner, std::memory_order_release); }
+  void set_team(TeamRunner runner) {
+    team_thread_ = std::this_thread::get_id();     // published by the release below
+    team_.store(runner, std::memory_order_release);
+  }
   bool has_team() const { return team_.load(std::memory_order_acquire) != nullptr; }
 
  private:
@@ -279,6 +287,7 @@ class Pool {
   std::atomic<int> joined_{0};    // workers inside the job
   std::atomic<uint64_t> generation_{0};
   std::atomic<TeamRunner> team_{nullptr};   // set_team_runner
+  std::thread::id team_thread_;              // the one thread whose jobs run on team_
 };
 
 }  // namespace

@@ -26,11 +26,13 @@ int thread_pool_workers();
 // `nthreads` threads, the caller one of them, and returns when all have finished.
 using TeamRunner = void (*)(void (*body)(void*), void* data, unsigned nthreads, unsigned flags);
 
-// Runs parallel_for's jobs on `runner`'s threads instead of the pool's own workers (nullptr:
-// back to the pool). The Python layer passes PyTorch's OpenMP runtime: its threads spin for
-// milliseconds after every torch op, on the cores a second pool would need. Jobs keep the
-// pool's rules (one at a time, nested and concurrent calls inline, at most one thread per
-// CPU). A fork()ed child runs on the pool's own workers: OpenMP teams do not survive fork.
+// Runs the jobs of the calling thread (the one that imports the package: normally Python's
+// main thread) on `runner`'s threads instead of the pool's own workers (nullptr: back to the
+// pool); other threads' jobs stay on the pool (thread_pool.cpp says why). The Python layer
+// passes PyTorch's OpenMP runtime: its threads spin for milliseconds after every torch op,
+// on the cores a second pool would need. Jobs keep the pool's rules (one at a time, nested
+// and concurrent calls inline, at most one thread per CPU). A fork()ed child runs on the
+// pool's own workers: OpenMP teams do not survive fork.
 void set_team_runner(TeamRunner runner);
 bool team_runner_active();
 

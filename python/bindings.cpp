@@ -228,8 +228,8 @@ PYBIND11_MODULE(_C, m) {
         levit::set_team_runner(reinterpret_cast<levit::TeamRunner>(address));
       },
       py::arg("address"),
-      "Run the parallel loops on the OpenMP runtime whose GOMP_parallel is at `address` "
-      "(0: on the pool's own workers).");
+      "Run this thread's parallel loops on the OpenMP runtime whose GOMP_parallel is at "
+      "`address` (0: on the pool's own workers); other threads' stay on the pool.");
   m.def("team_runner_active", &levit::team_runner_active,
         "Whether the parallel loops run on an external (OpenMP) team.");
   // Facts the Python side reads from here rather than writing them again.

@@ -79,3 +79,30 @@ def test_kernels_run_on_pytorchs_openmp_team_where_pytorch_runs_on_openmp():
     assert _threads_note_in_subprocess("own")[0] == "the kernels' own pool (LEVIT_THREAD_POOL=own)"
     note, stderr = _threads_note_in_subprocess("omp")
     assert note.startswith("PyTorch's OpenMP team (") and "LEVIT_THREAD_POOL='omp'" in stderr
+
+
+_WHO_RUNS_THE_LOOPS = r"""
+import threading, torch
+from levit_kernels import cpu, ops
+torch.set_num_threads(2)
+x, w = torch.randn(64, 64), torch.randn(64, 64)
+expected = ops.linear(x, w)
+main = cpu._lib().thread_pool_workers()         # the importing thread: on the OpenMP team
+results = []
+thread = threading.Thread(target=lambda: results.append(ops.linear(x, w)))
+thread.start(); thread.join()
+print(main, cpu._lib().thread_pool_workers(), torch.equal(results[0], expected))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: every loop runs inline")
+def test_only_the_importing_threads_loops_run_on_the_openmp_team():
+    """Another thread's jobs stay on the kernels' pool: a team per thread would give the process
+    more OpenMP threads than CPUs, past which libgomp stops spinning in all of them."""
+    import torch
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch's CPU ops do not run on OpenMP: nothing to share")
+    env = {k: v for k, v in os.environ.items() if k != "LEVIT_THREAD_POOL"}
+    out = subprocess.run([sys.executable, "-c", _WHO_RUNS_THE_LOOPS], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["0", "1", "True"], out

@@ -8,6 +8,11 @@ LeViT forward took ~7 ms longer (benchmarks/README.md, "OpenMP threads"). So, wh
 ATen runs on OpenMP and exactly one OpenMP runtime is loaded (PyTorch's), the kernels hand
 their jobs to that runtime's GOMP_parallel: the threads that would spin take the work.
 
+Only the jobs of the thread that imports the package (normally the main thread, where
+scripts run their torch ops) go there; other threads' jobs stay on the pool. OpenMP gives
+each thread that starts a parallel region a team of its own, and once a process has more
+OpenMP threads than CPUs libgomp stops spinning in all of them (csrc/thread_pool.cpp).
+
 `LEVIT_THREAD_POOL=own` keeps the kernels' own pool (for comparisons, or a runtime that
 misbehaves). A fork()ed child always uses the own pool (thread_pool.h).
 """
