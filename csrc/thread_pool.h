@@ -1,10 +1,11 @@
 // thread_pool.h — a tiny persistent, torch-free parallel-for for the CPU kernels.
 //
 // LeViT's kernel calls are short (tens to hundreds of microseconds), so starting threads per
-// call is too slow. Jobs run on an external team when one is set (set_team_runner: PyTorch's
-// OpenMP threads), else on the pool's own workers. Workers are created once (lazily, growing to the largest thread count
-// asked for, but never beyond the CPUs the process may use), spin briefly waiting for work,
-// yield, then sleep on a condition variable. The calling thread takes part in the work. With
+// call is too slow. A job runs on an external team where one is set for its thread
+// (set_team_runner: PyTorch's OpenMP threads), else on the pool's own workers. Workers are
+// created once (lazily, growing to the largest thread count asked for, but never beyond the
+// CPUs the process may use), spin briefly waiting for work, yield, then sleep on a condition
+// variable. The calling thread takes part in the work. With
 // nthreads <= 1, or when the pool is already busy (a nested call or a second Python thread),
 // the loop simply runs inline on the caller. A child process made by fork() gets the same pool, reset, without
 // the parent's workers (which do not survive fork).

@@ -231,7 +231,7 @@ PYBIND11_MODULE(_C, m) {
       "Run this thread's parallel loops on the OpenMP runtime whose GOMP_parallel is at "
       "`address` (0: on the pool's own workers); other threads' stay on the pool.");
   m.def("team_runner_active", &levit::team_runner_active,
-        "Whether the parallel loops run on an external (OpenMP) team.");
+        "Whether an external (OpenMP) team is set: it runs the loops of the thread that set it.");
   // Facts the Python side reads from here rather than writing them again.
   m.attr("PANEL") = levit::kPanel;
   py::dict acts;

@@ -16,8 +16,8 @@ training behaviour); what it adds is owned here, in one place:
   torch.func transforms, and models the plan does not fold (a replaced or hooked layer);
 * the backend of each fused forward (plan.py): the one-call CPU program (eager, and as one
   op under torch.compile), the launchers, or the registered ops under torch.compile off the
-  CPU — chosen once here and passed down; on GPU optionally
-  replayed as one CUDA graph per input shape (`use_cuda_graphs()`, cuda_graphs.py).
+  CPU — chosen once here and passed down; on GPU optionally replayed as one CUDA graph per
+  input shape (`use_cuda_graphs()`, cuda_graphs.py).
 """
 from __future__ import annotations
 
@@ -196,8 +196,8 @@ class FusedLeViT(LeViT):
             return super().forward(x)
         if plan.program is not None:
             # On CPU the graph holds the eager one-call program as one op: traced layer by
-            # layer, every op allocates its output and the compiled forward ran 1.2-1.6x
-            # slower than the eager one (benchmarks/README.md, "torch.compile on CPU").
+            # layer, every op allocated its output and the compiled forward ran at 0.41-0.83x
+            # the eager one's speed (benchmarks/README.md, "torch.compile on CPU").
             return torch.ops.levit.fused_program(x, self._registry_id, plan.key.generation,
                                                  plan.program.output_features, plan.dtype)
         logits = TORCH_OPS.run(plan, x)

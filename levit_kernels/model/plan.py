@@ -453,10 +453,6 @@ class _TorchOps(LayerByLayer):
     folded (unpacked) weights. (A compiled "cpu" plan runs its program as one op instead.)"""
 
     @staticmethod
-    def nhwc_stem(plan: FusedPlan) -> bool:
-        return False
-
-    @staticmethod
     def linear(layer: FusedLinear, x, residual=None, activation="none"):
         return ops.linear(x, layer.weight, layer.bias, residual, activation)
 
