@@ -30,11 +30,22 @@ def test_package_metadata():
     assert importlib.metadata.version("levit-kernels")
 
 
+def _python(code, **env_changes):
+    """Runs `code` in a fresh interpreter whose environment has `env_changes` (None: the
+    variable removed); returns (stdout, stderr)."""
+    env = dict(os.environ)
+    for name, value in env_changes.items():
+        env.pop(name, None)
+        if value is not None:
+            env[name] = value
+    result = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                            capture_output=True, text=True)
+    return result.stdout, result.stderr
+
+
 def _isa_in_subprocess(value):
-    env = dict(os.environ, LEVIT_CPU_ISA=value)
     code = "import levit_kernels.ops._C as C; print(C.isa()); print(C.isa_note())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                         capture_output=True, text=True).stdout.splitlines()
+    out = _python(code, LEVIT_CPU_ISA=value)[0].splitlines()
     return out[0], out[1]
 
 
@@ -57,23 +68,22 @@ def test_set_isa_rejects_unknown():
 
 
 def _threads_note_in_subprocess(value):
-    env = dict(os.environ)
-    env.pop("LEVIT_THREAD_POOL", None)
-    if value is not None:
-        env["LEVIT_THREAD_POOL"] = value
     code = "from levit_kernels import cpu; print(cpu.threads_note())"
-    result = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                            capture_output=True, text=True)
-    return result.stdout.strip(), result.stderr
+    out, err = _python(code, LEVIT_THREAD_POOL=value)
+    return out.strip(), err
+
+
+def _needs_openmp_pytorch():
+    from levit_kernels.ops import openmp_team
+    if not openmp_team.pytorch_runs_on_openmp():
+        pytest.skip("this PyTorch's CPU ops do not run on OpenMP: nothing to share")
 
 
 def test_kernels_run_on_pytorchs_openmp_team_where_pytorch_runs_on_openmp():
     """By default the parallel loops use PyTorch's OpenMP threads (ops/openmp_team.py), which
     would otherwise spin on the cores the kernels need; LEVIT_THREAD_POOL=own keeps the
     kernels' own pool, and a bad value says so and keeps the default."""
-    import torch
-    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        pytest.skip("this PyTorch's CPU ops do not run on OpenMP: nothing to share")
+    _needs_openmp_pytorch()
     note, _ = _threads_note_in_subprocess(None)
     assert note.startswith("PyTorch's OpenMP team ("), note
     assert _threads_note_in_subprocess("own")[0] == "the kernels' own pool (LEVIT_THREAD_POOL=own)"
@@ -99,10 +109,6 @@ print(main, cpu._lib().thread_pool_workers(), torch.equal(results[0], expected))
 def test_only_the_importing_threads_loops_run_on_the_openmp_team():
     """Another thread's jobs stay on the kernels' pool: a team per thread would give the process
     more OpenMP threads than CPUs, past which libgomp stops spinning in all of them."""
-    import torch
-    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        pytest.skip("this PyTorch's CPU ops do not run on OpenMP: nothing to share")
-    env = {k: v for k, v in os.environ.items() if k != "LEVIT_THREAD_POOL"}
-    out = subprocess.run([sys.executable, "-c", _WHO_RUNS_THE_LOOPS], env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    _needs_openmp_pytorch()
+    out = _python(_WHO_RUNS_THE_LOOPS, LEVIT_THREAD_POOL=None)[0].split()
     assert out == ["0", "1", "True"], out

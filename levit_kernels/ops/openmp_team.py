@@ -44,10 +44,15 @@ def _loaded_openmp_runtimes() -> List[str]:
     return sorted(p for p in paths if os.path.basename(p).startswith(_RUNTIME_PREFIXES))
 
 
+def pytorch_runs_on_openmp() -> bool:
+    """Whether PyTorch's ATen runs its CPU ops' parallel loops on OpenMP."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _pytorch_runtime() -> Tuple[str, str]:
     """(path of the OpenMP runtime PyTorch's CPU ops run on, '') or ('', why there is none
     to share)."""
-    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+    if not pytorch_runs_on_openmp():
         return "", "PyTorch's CPU ops do not run on OpenMP"
     runtimes = _loaded_openmp_runtimes()
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
