@@ -18,14 +18,15 @@ import importlib.util
 import sys
 
 from . import ops
-from .model import VARIANTS, FusedLeViT, LeViT, LeViTConfig, create_model, get_config, \
-    load_checkpoint, multiply_adds
+from .model import VARIANTS, FrozenLeViT, FusedLeViT, LeViT, LeViTConfig, create_model, \
+    freeze, get_config, load_checkpoint, multiply_adds
 from .ops import cpu, reference
 from .tools.info import info, package_version
 
 __version__ = package_version()
-__all__ = ["LeViT", "FusedLeViT", "LeViTConfig", "VARIANTS", "create_model", "get_config",
-           "info", "load_checkpoint", "multiply_adds", "ops", "cpu", "gpu", "reference"]
+__all__ = ["LeViT", "FusedLeViT", "FrozenLeViT", "LeViTConfig", "VARIANTS", "create_model",
+           "freeze", "get_config", "info", "load_checkpoint", "multiply_adds", "ops", "cpu", "gpu",
+           "reference"]
 
 # levit_kernels.<name> -> the module it names. `gpu` imports Triton, so it is only imported
 # when asked for (`levit_kernels.gpu`, `from levit_kernels import gpu`, `import

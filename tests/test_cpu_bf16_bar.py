@@ -117,7 +117,7 @@ def test_bfloat16_compare_times_our_float32_in_the_same_run(monkeypatch):
         rep = bench.run_benchmark(variant="LeViT-128S", batch=1, threads=1, dtype="bfloat16",
                                   compare=True, seconds=0.05, img_size=128)
     results = {r["provider"]: r for r in rep["results"]}
-    assert list(results) == ["reference", "fused", "fused float32",
+    assert list(results) == ["reference", "fused", "fused frozen", "fused float32",
                              "openvino (default precision)", "openvino bf16",
                              "reference+autocast"]
     f32 = results["fused float32"]
@@ -125,3 +125,7 @@ def test_bfloat16_compare_times_our_float32_in_the_same_run(monkeypatch):
     # float32 arithmetic on the bf16 images: float32's error, far below bf16's
     assert f32["rel_l2_vs_float64"] < 1e-5 < results["fused"]["rel_l2_vs_float64"]
     assert results["openvino bf16"]["error"] == "not installed (openvino)"
+    # freeze(fused): the same bf16 program on the same images, so the same error
+    frozen = results["fused frozen"]
+    assert frozen["images_per_s"] > 0 and not frozen["error"]
+    assert frozen["rel_l2_vs_float64"] == results["fused"]["rel_l2_vs_float64"]

@@ -110,6 +110,26 @@ def test_float16_forward_within_twice_torch_float16_error(models):
     assert err <= 2 * torch_err + slack, (err, torch_err)
 
 
+def test_a_frozen_snapshot_runs_the_same_triton_forward(models):
+    """levit_kernels.freeze() of the fused model keeps its kernels (use_kernels("gpu") here,
+    the device's own on CUDA): the same logits, in float32, and in a float16 snapshot of the
+    float32 model (folded in float32, rounded once: what the model runs under autocast)."""
+    ref, fused = models
+    images = torch.randn(BATCH, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
+    images = images.to(DEVICE)
+    fused.float().to(DEVICE)
+    frozen = levit_kernels.freeze(fused)
+    frozen16 = levit_kernels.freeze(fused, torch.float16)
+    with torch.no_grad():
+        expected = fused(images)
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            expected16 = fused(images)
+    assert torch.equal(frozen(images), expected)
+    assert type(frozen._plan.backend).__name__ == "GpuLaunchers"
+    out16 = frozen16(images)
+    assert out16.dtype == torch.float16 and torch.equal(out16, expected16)
+
+
 def test_shapes_are_validated_once_per_input_shape(models, monkeypatch):
     """Later forwards of a shape skip the launchers' input checks (plan-level validation)."""
     from levit_kernels.ops import checks

@@ -473,14 +473,19 @@ def _autocast_on(images: torch.Tensor) -> bool:
     return device in ("cuda", "cpu") and torch.is_autocast_enabled(device)
 
 
+def kernel_dtypes(kernels: str, device: torch.device):
+    """The dtypes kernel family `kernels` takes on `device` (none for "")."""
+    if kernels == "gpu" and device.type == "cpu":    # the Triton interpreter
+        return checks.INTERPRETER_DTYPES
+    return KERNEL_DTYPES.get(kernels, ())
+
+
 def _kernels_run(kernels: str, device: torch.device, dtype: torch.dtype, *, warn: bool) -> bool:
     """Whether kernel family `kernels` can run a fused forward on `device` in `dtype`: it takes
     that dtype and, for the C++ kernels, the extension is built. The forward asks with
     `warn` (the plain layers then run, and the user is told why once per reason); the
     lifecycle hooks ask silently, to decide whether to build the plan ahead of time."""
-    dtypes = KERNEL_DTYPES.get(kernels, ())
-    if kernels == "gpu" and device.type == "cpu":    # the Triton interpreter
-        dtypes = checks.INTERPRETER_DTYPES
+    dtypes = kernel_dtypes(kernels, device)
     if dtype not in dtypes:
         if warn:
             _warn_once(("dtype", device.type, dtype),

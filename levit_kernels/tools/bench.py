@@ -17,7 +17,8 @@ peers a user would pick for bf16 on CPU: OpenVINO at its default precision (bf16
 native bf16) and pinned to bf16, and timm's LeViT (our plain one without timm) under
 torch.autocast("cpu", torch.bfloat16); and our own fused model in float32, so that what bf16
 buys over it is a ratio from the same run (benchmarks/cpu_bf16_bar.py judges issue 12's bar
-from these reports).
+from these reports). `--compare` also times `levit_kernels.freeze(fused)` ("fused frozen"), a
+snapshot like the peers' models.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..model import LeViT
+from ..model import LeViT, freeze
 from .distributed import available_cores
 
 PEERS = ("onnxruntime", "openvino")
@@ -205,6 +206,11 @@ def run_benchmark(variant="LeViT-256", batch=16, threads: Optional[int] = None, 
         "reference": lambda: torch_provider(reference, device_t, amp_dtype),
         "fused": lambda: torch_provider(fused, device_t, amp_dtype),
     }
+    if compare:
+        # The peers run snapshots of the model (an ONNX session, a compiled OpenVINO model):
+        # so does levit_kernels.freeze(), without the fused model's per-call check that its
+        # plan is still the model's (~1 ms at batch 1; model/frozen.py).
+        providers["fused frozen"] = lambda: freeze(fused, amp_dtype)
     if compile_models:
         providers["reference+compile"] = lambda: torch_provider(reference, device_t, amp_dtype,
                                                                 "default")
