@@ -52,6 +52,51 @@ def test_gradients_are_the_references(op, args):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def _wrapper_samples():
+    """The differentiable samples as (public wrapper, its reference, args)."""
+    return [pytest.param(getattr(ops, op.name().split("::")[1]),
+                         getattr(reference, op.name().split("::")[1]), args, id=name)
+            for name, op, args in op_samples("cpu")
+            if op.name().split("::")[1] in DIFFERENTIABLE]
+
+
+@needs_extension
+@pytest.mark.parametrize("wrapper, oracle, args", _wrapper_samples())
+def test_wrappers_under_torch_func_give_the_references_values_and_gradients(wrapper, oracle,
+                                                                             args):
+    """torch.func cannot run a custom op's registered backward (PyTorch's generated
+    autograd.Function has no setup_context): the public wrappers compute with the reference
+    under torch.func transforms, so grad, jacrev, jvp and vmap give the ops' definition."""
+    first = 0       # q or x
+    args = list(args)
+
+    def f(t):
+        return wrapper(*args[:first], t, *args[first + 1:])
+
+    def g(t):
+        return oracle(*args[:first], t, *args[first + 1:])
+    t = args[first].detach().clone()
+    cotangent = torch.randn_like(f(t))
+
+    def loss(fn):
+        return lambda t: (fn(t) * cotangent).sum()
+    assert torch.equal(torch.func.grad(loss(f))(t), torch.func.grad(loss(g))(t))
+    assert torch.equal(torch.func.jvp(f, (t,), (torch.ones_like(t),))[1],
+                       torch.func.jvp(g, (t,), (torch.ones_like(t),))[1])
+    batched = torch.stack([t, 2 * t])
+    torch.testing.assert_close(torch.func.vmap(f)(batched), torch.stack([f(t), f(2 * t)]),
+                               rtol=1e-5, atol=1e-5)   # kernels outside vmap, reference inside
+
+
+@needs_extension
+def test_wrappers_under_torch_func_keep_the_ops_checks():
+    x, w = torch.randn(3, 8), torch.randn(6, 7)
+    with pytest.raises(ValueError, match=r"^weight: expected shape \(N, K=8\)"):
+        torch.func.grad(lambda t: ops.linear(t, w).sum())(x)
+    with pytest.raises(TypeError, match=r"^x: expected dtype in"):
+        torch.func.grad(lambda t: ops.linear(t, w.double()).sum())(torch.randn(3, 7).double())
+
+
 @needs_extension
 def test_second_derivatives_are_the_references():
     """Also with x passed twice (as the residual): each use is its own partial."""

@@ -153,27 +153,50 @@ def _(x, packed_weight, out_channels, kernel_size, stride, padding, bias, activa
 
 
 # -- public wrappers: keyword defaults, the same checks ---------------------------------------
+# Under torch.func transforms (grad, jacrev, jvp, vmap...) the wrappers of the differentiable
+# ops compute with the reference's math, after the ops' own checks: torch.func cannot run a
+# custom op's registered backward (PyTorch's generated autograd.Function has no setup_context,
+# pytorch/pytorch#170834: "must override the setup_context staticmethod"), and vmap would loop
+# the kernels over the batch one sample at a time. The reference is the ops' definition, so
+# the transforms get the ops' values and gradients. (torch.ops.levit.* called directly keep
+# PyTorch's behaviour.)
+_under_torch_func = torch._C._are_functorch_transforms_active
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
               hardswish: bool = False) -> Tensor:
     """act(softmax(scale * q @ k^T + bias) @ v) as (B, Nq, H*Dv); see levit::attention."""
-    return torch.ops.levit.attention(q, k, v, bias, checks.check_scale(scale),
-                                     checks.check_flag(hardswish, "hardswish"))
+    scale, hardswish = checks.check_scale(scale), checks.check_flag(hardswish, "hardswish")
+    if _under_torch_func():
+        checks.check_attention(q, k, v, bias, scale=scale)
+        return reference.attention(q, k, v, bias, scale, hardswish)
+    return torch.ops.levit.attention(q, k, v, bias, scale, hardswish)
 
 
 def attention_probs(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
     """softmax(scale * q @ k^T + bias) as (B, H, Nq, Nk)."""
-    return torch.ops.levit.attention_probs(q, k, bias, checks.check_scale(scale))
+    scale = checks.check_scale(scale)
+    if _under_torch_func():
+        checks.check_attention(q, k, None, bias, probs=True, scale=scale)
+        return reference.attention_probs(q, k, bias, scale)
+    return torch.ops.levit.attention_probs(q, k, bias, scale)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
            residual: Optional[Tensor] = None, activation: str = "none") -> Tensor:
     """act(x @ weight^T + bias) + residual, act in {"none", "hardswish"}."""
     checks.check_activation(activation)
+    if _under_torch_func():
+        checks.check_linear(x, weight, bias, residual, activation)
+        return reference.linear(x, weight, bias, residual, activation)
     return torch.ops.levit.linear(x, weight, bias, residual, activation)
 
 
 def mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
     """x + hardswish(x @ w1^T + b1) @ w2^T + b2."""
+    if _under_torch_func():
+        checks.check_mlp(x, w1, b1, w2, b2)
+        return reference.mlp(x, w1, b1, w2, b2)
     return torch.ops.levit.mlp(x, w1, b1, w2, b2)
 
 
