@@ -116,12 +116,9 @@ void conv2d_padded_t(const PaddedConvArgsT<T>& a, int nthreads) {
       if (oy == 0) std::fill(image, image + p * out_w * c, zero);
       if (oy == ho - 1) std::fill(row + (wo + p) * c, row + (wo + p + p * out_w) * c, zero);
     }
-    thread_local std::vector<const T*> segments;
-    segments.resize(a.kernel);
-    for (int64_t ky = 0; ky < a.kernel; ++ky)
-      segments[ky] = a.x + ((b * a.hp + oy * a.stride + ky) * a.wp) * a.cin;
-    gemm_rows_segments(segments.data(), a.kernel, run, a.stride * a.cin, wo, a.packed, c, a.bias,
-                       a.act, row, c);
+    // Kernel row ky of the patches: input row oy·stride + ky, one padded row (wp·cin) apart.
+    gemm_rows_segments(a.x + (b * a.hp + oy * a.stride) * a.wp * a.cin, a.wp * a.cin, a.kernel,
+                       run, a.stride * a.cin, wo, a.packed, c, a.bias, a.act, row, c);
   });
 }
 

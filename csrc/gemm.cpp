@@ -42,13 +42,14 @@ void generic_block(const GemmBlock& g) {
     for (int64_t i = 0; i < g.m; i += kGenMr) {
       const int64_t mr = std::min<int64_t>(kGenMr, g.m - i);
       float acc[kGenMr][kPanel] = {};
-      for (int64_t k = 0; k < g.kc; ++k) {
-        const float* bk = b + k * kPanel;
-        for (int64_t r = 0; r < mr; ++r) {
-          const float ar = g.a[(i + r) * g.lda + k];
-          for (int c = 0; c < kPanel; ++c) acc[r][c] += ar * bk[c];
+      for (int64_t s = 0; s < g.nseg; ++s)
+        for (int64_t k = 0; k < g.kc; ++k) {
+          const float* bk = b + (s * g.kc + k) * kPanel;
+          for (int64_t r = 0; r < mr; ++r) {
+            const float ar = g.a[s * g.seg_stride + (i + r) * g.lda + k];
+            for (int c = 0; c < kPanel; ++c) acc[r][c] += ar * bk[c];
+          }
         }
-      }
       for (int64_t r = 0; r < mr; ++r) {
         float* cp = g.c + (i + r) * g.ldc + j;
         for (int64_t c = 0; c < nc; ++c) {
@@ -122,6 +123,7 @@ void gemm_rows(const GemmKernel& kern, const float* a, int64_t lda, int64_t m, i
       g.lda = lda;
     }
     g.m = m;
+    g.nseg = 1, g.seg_stride = 0;
     g.b = packed + (j0 / kPanel) * k * kPanel + k0 * kPanel;
     g.panel_stride = k * kPanel;
     g.n = n;
@@ -174,23 +176,27 @@ void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const floa
               ldc);
 }
 
-void gemm_rows_segments(const float* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
-                        int64_t m, const float* packed, int64_t n, const float* bias, int act,
-                        float* c, int64_t ldc) {
+void gemm_rows_segments(const float* a, int64_t seg_stride, int64_t nseg, int64_t seg_k,
+                        int64_t lda, int64_t m, const float* packed, int64_t n,
+                        const float* bias, int act, float* c, int64_t ldc) {
   const GemmKernel kern = select_kernel();
   const int64_t k = nseg * seg_k, kc = k_block(seg_k);
+  // Segments that each fit one K block go to the kernel together (summed in registers);
+  // longer ones block by block, their partial sums through C.
+  const bool together = kc >= seg_k;
   for (int64_t j0 = 0; j0 < n; j0 += kNc) {
     GemmBlock g;
     g.lda = lda, g.m = m, g.panel_stride = k * kPanel, g.n = std::min(kNc, n - j0);
     g.c = c + j0, g.ldc = ldc, g.bias = bias ? bias + j0 : nullptr;
     g.residual = nullptr, g.ldr = 0, g.act = act;
-    for (int64_t s = 0; s < nseg; ++s)
+    g.nseg = together ? nseg : 1, g.seg_stride = seg_stride;
+    for (int64_t s = 0; s < nseg; s += g.nseg)
       for (int64_t k0 = 0; k0 < seg_k; k0 += kc) {
         g.kc = std::min(kc, seg_k - k0);
-        g.a = a[s] + k0;
+        g.a = a + s * seg_stride + k0;
         g.b = packed + (j0 / kPanel) * k * kPanel + (s * seg_k + k0) * kPanel;
         g.first = s == 0 && k0 == 0;
-        g.last = s == nseg - 1 && k0 + g.kc >= seg_k;
+        g.last = s + g.nseg >= nseg && k0 + g.kc >= seg_k;
         kern.block(g);
       }
   }

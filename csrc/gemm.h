@@ -110,20 +110,26 @@ void gemm_rows_cols(const float* a, int64_t lda, int64_t m, int64_t k, const flo
 // C[0:m, 0:n] = act(A·W + bias) for one block of rows, single-threaded.
 void gemm_rows_all(const float* a, int64_t lda, int64_t m, int64_t k, const float* packed,
                    int64_t n, const float* bias, int act, float* c, int64_t ldc);
-// The same with K in `nseg` segments of seg_k: segment s is the (m × seg_k) matrix at a[s]
-// (row stride lda), times rows [s·seg_k, (s+1)·seg_k) of the packed weight (K = nseg·seg_k).
-void gemm_rows_segments(const float* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
-                        int64_t m, const float* packed, int64_t n, const float* bias, int act,
-                        float* c, int64_t ldc);
+// The same with K in `nseg` segments of seg_k: segment s is the (m × seg_k) matrix at
+// a + s·seg_stride (row stride lda), times rows [s·seg_k, (s+1)·seg_k) of the packed weight
+// (K = nseg·seg_k): the kernel rows of a convolution, read in place from its padded input.
+void gemm_rows_segments(const float* a, int64_t seg_stride, int64_t nseg, int64_t seg_k,
+                        int64_t lda, int64_t m, const float* packed, int64_t n,
+                        const float* bias, int act, float* c, int64_t ldc);
 
 // ---- per-ISA block kernels (gemm.cpp: generic, gemm_avx2.cpp, gemm_avx512.cpp) ----
 // Computes C[0:m, 0:n] (+)= A[0:m, 0:kc]·B for one K block. `b` points at row k0 of the first
 // panel of the column block; panels are `panel_stride` floats apart. first: C is overwritten
 // (else accumulated). last: apply the epilogue (bias[0:n], hardswish, residual rows with
 // stride ldr), each pointer already offset to the block's origin; null = absent.
+// nseg > 1: the block is nseg K segments of kc each, segment s's A at a + s·seg_stride and
+// its B rows after segment s - 1's, all summed in registers before one store (a convolution's
+// kernel rows: the stem's first one has 9 values a row, too few to pay for a C round trip
+// per row). nseg = 1: one plain K block.
 struct GemmBlock {
   const float* a;
   int64_t lda, m, kc;
+  int64_t nseg, seg_stride;
   const float* b;
   int64_t panel_stride, n;
   float* c;

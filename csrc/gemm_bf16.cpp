@@ -69,9 +69,10 @@ int64_t k_block(int64_t run) {
 // A 4 KiB multiple as row stride puts every A row of a tile in one L1 set (see gemm.cpp).
 bool aliasing_stride(int64_t ld) { return ld % 2048 == 0; }
 
-// C[0:m, j0:j0+n] for one task: A as `nseg` runs of seg_k values (a[s], row stride lda).
-void gemm_task(const GemmKernelBf16& kern, const bf16* const* a, int64_t nseg, int64_t seg_k,
-               int64_t lda, int64_t m, const bf16* packed, int64_t j0, int64_t n,
+// C[0:m, j0:j0+n] for one task: A as `nseg` runs of seg_k values (a + s·seg_stride, row
+// stride lda).
+void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, int64_t nseg,
+               int64_t seg_k, int64_t lda, int64_t m, const bf16* packed, int64_t j0, int64_t n,
                const bf16* bias, const bf16* residual, int64_t ldr, int act, bf16* c,
                int64_t ldc) {
   const int64_t kc = k_block(seg_k), seg_pairs = (seg_k + 1) / 2;
@@ -94,7 +95,7 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* const* a, int64_t nseg, i
   for (int64_t s = 0; s < nseg; ++s) {
     for (int64_t k0 = 0; k0 < seg_k; k0 += kc) {
       g.kc = std::min(kc, seg_k - k0);
-      const bf16* src = a[s] + k0;
+      const bf16* src = a + s * seg_stride + k0;
       if (kern.widened_a) {
         for (int64_t i = 0; i < m; ++i)
           for (int64_t k = 0; k < g.kc; ++k)
@@ -178,22 +179,22 @@ bool run_padding_matches(const bf16* packed, int64_t k, int64_t segments) {
 void gemm_rows_cols(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,
                     int64_t j0, int64_t n, const bf16* bias, const bf16* residual, int64_t ldr,
                     int act, bf16* c, int64_t ldc) {
-  gemm_task(gemm_kernel_bf16(), &a, 1, k, lda, m, packed, j0, n, bias, residual, ldr, act, c,
+  gemm_task(gemm_kernel_bf16(), a, 0, 1, k, lda, m, packed, j0, n, bias, residual, ldr, act, c,
             ldc);
 }
 
 void gemm_rows_all(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,
                    int64_t n, const bf16* bias, int act, bf16* c, int64_t ldc) {
-  gemm_rows_segments(&a, 1, k, lda, m, packed, n, bias, act, c, ldc);
+  gemm_rows_segments(a, 0, 1, k, lda, m, packed, n, bias, act, c, ldc);
 }
 
-void gemm_rows_segments(const bf16* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
-                        int64_t m, const bf16* packed, int64_t n, const bf16* bias, int act,
-                        bf16* c, int64_t ldc) {
+void gemm_rows_segments(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k,
+                        int64_t lda, int64_t m, const bf16* packed, int64_t n, const bf16* bias,
+                        int act, bf16* c, int64_t ldc) {
   const GemmKernelBf16 kern = gemm_kernel_bf16();
   for (int64_t j0 = 0; j0 < n; j0 += kGemmColumnBlock)
-    gemm_task(kern, a, nseg, seg_k, lda, m, packed, j0, std::min(kGemmColumnBlock, n - j0),
-              bias, nullptr, 0, act, c, ldc);
+    gemm_task(kern, a, seg_stride, nseg, seg_k, lda, m, packed, j0,
+              std::min(kGemmColumnBlock, n - j0), bias, nullptr, 0, act, c, ldc);
 }
 
 }  // namespace levit

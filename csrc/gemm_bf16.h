@@ -46,7 +46,7 @@ void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segme
 bool run_padding_matches(const bf16* packed, int64_t k, int64_t segments);
 
 // gemm.h's gemm_packed / mlp_packed / gemm_rows_* in bf16 (weights packed with segments = 1,
-// except gemm_rows_segments: one segment per A pointer).
+// except gemm_rows_segments: one per segment, a convolution's kernel rows).
 void gemm_packed(const bf16* x, int64_t m, int64_t k, int64_t ldx, const bf16* packed, int64_t n,
                  const bf16* bias, const bf16* residual, int64_t ldr, int act, bf16* out,
                  int64_t ldo, int nthreads);
@@ -58,9 +58,9 @@ void gemm_rows_cols(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16
                     int act, bf16* c, int64_t ldc);
 void gemm_rows_all(const bf16* a, int64_t lda, int64_t m, int64_t k, const bf16* packed,
                    int64_t n, const bf16* bias, int act, bf16* c, int64_t ldc);
-void gemm_rows_segments(const bf16* const* a, int64_t nseg, int64_t seg_k, int64_t lda,
-                        int64_t m, const bf16* packed, int64_t n, const bf16* bias, int act,
-                        bf16* c, int64_t ldc);
+void gemm_rows_segments(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k,
+                        int64_t lda, int64_t m, const bf16* packed, int64_t n, const bf16* bias,
+                        int act, bf16* c, int64_t ldc);
 
 // ---- per-ISA block kernels: the bf16 kernel table (gemm_bf16.cpp) ----
 // C[0:m, 0:n] for one K block of kc values of k (even, except at the end of a run), like

@@ -64,9 +64,13 @@ inline void micro_tile(const GemmBlock& g, const float* a, const float* b, float
   // phases (likely another tenant on the core's SMT sibling; it has no counters to tell) and
   // 0-2% in its fast ones (benchmarks/README.md, "The GEMM loop unrolled").
   if (next_panels == 0) {
+    for (int64_t s = 0; s < g.nseg; ++s) {  // K segments (GemmBlock): one, except in the stem
 #pragma GCC unroll 4
-    for (int64_t k = 0; k < g.kc; ++k) step(k);
-  } else {
+      for (int64_t k = 0; k < g.kc; ++k) step(k);
+      a += g.seg_stride;
+      for (int v = 0; v < NV; ++v) bp[v] += g.kc * kPanel;
+    }
+  } else {  // only with nseg == 1 (strip)
     for (int64_t k = 0; k < g.kc; ++k) {
       for (int p = 0; p < next_panels; ++p)
         _mm_prefetch(reinterpret_cast<const char*>(next + p * g.panel_stride + k * kPanel),
@@ -118,7 +122,9 @@ inline void strip(const GemmBlock& g, int64_t j, int64_t ncols) {
   const float* bias = g.bias ? g.bias + j : nullptr;
   constexpr int64_t NR = NV * V::W;
   const int64_t next_cols = std::min<int64_t>(NR, g.n - j - NR);
-  const int next_panels = next_cols > 0 ? static_cast<int>((next_cols + kPanel - 1) / kPanel) : 0;
+  // (Not for segmented blocks: the stem's weights are small and stay cached.)
+  const int next_panels = next_cols > 0 && g.nseg == 1
+                              ? static_cast<int>((next_cols + kPanel - 1) / kPanel) : 0;
   const float* next = b + (NR / kPanel) * g.panel_stride;
   int64_t i = 0;
   for (; i + MR <= g.m; i += MR)

@@ -240,6 +240,25 @@ def test_nothing_comes_after_the_head(after):
     assert program.output_features == 10
 
 
+def test_stem_kernel_rows_shorter_and_longer_than_a_k_block():
+    """The stem's convolutions read their kernel rows in place as K segments: summed in
+    registers when each row fits one K block (LeViT's: 9 to 192 values), block by block
+    through the output when one does not (96 channels x 3 = 288 values a row). Both against
+    F.conv2d in float64."""
+    torch.manual_seed(0)
+    layers = [(3, 16, 2), (16, 96, 1), (96, 8, 2)]      # (cin, cout, stride), 3x3, padding 1
+    program = cpu.ForwardProgram(3, 20, 20)
+    images = torch.randn(2, 3, 20, 20)
+    expected = images.double()
+    for i, (cin, cout, stride) in enumerate(layers):
+        w, b = torch.randn(cout, cin, 3, 3) / (3 * cin ** 0.5), torch.randn(cout)
+        last = i == len(layers) - 1
+        program.add_conv(cpu.PackedConv(w, b, stride, 1), "none" if last else "hardswish")
+        expected = torch.nn.functional.conv2d(expected, w.double(), b.double(), stride, 1)
+        expected = expected if last else torch.nn.functional.hardswish(expected)
+    assert rel_err(program(images).double(), expected.mean(dim=(2, 3))) <= 1e-5
+
+
 def test_a_hand_built_program_equals_the_launchers():
     """A small program of every layer kind against the same layers called one by one."""
     torch.manual_seed(0)
