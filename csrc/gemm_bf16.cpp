@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -69,20 +70,46 @@ int64_t k_block(int64_t run) {
 // A 4 KiB multiple as row stride puts every A row of a tile in one L1 set (see gemm.cpp).
 bool aliasing_stride(int64_t ld) { return ld % 2048 == 0; }
 
+template <class D>
+D widen_or_copy(bf16 x) {
+  if constexpr (std::is_same_v<D, bf16>) return x;
+  else return to_float(x);
+}
+
+// A's runs of one row block copied one after the other, each padded to whole pairs with a
+// 0 (the packed weight's pair rows follow the same runs), widened to float32 for the kernels
+// that multiply float32: one K block of nseg·run_stride values.
+template <class D>
+void copy_runs(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k, int64_t lda,
+               int64_t m, int64_t run_stride, D* dst, int64_t ld) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t s = 0; s < nseg; ++s) {
+      const bf16* src = a + s * seg_stride + i * lda;
+      D* d = dst + i * ld + s * run_stride;
+      for (int64_t k = 0; k < seg_k; ++k) d[k] = widen_or_copy<D>(src[k]);
+      if (run_stride > seg_k) d[seg_k] = from_float<D>(0.0f);
+    }
+}
+
 // C[0:m, j0:j0+n] for one task: A as `nseg` runs of seg_k values (a + s·seg_stride, row
 // stride lda).
 void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, int64_t nseg,
                int64_t seg_k, int64_t lda, int64_t m, const bf16* packed, int64_t j0, int64_t n,
                const bf16* bias, const bf16* residual, int64_t ldr, int act, bf16* c,
                int64_t ldc) {
-  const int64_t kc = k_block(seg_k), seg_pairs = (seg_k + 1) / 2;
+  const int64_t seg_pairs = (seg_k + 1) / 2, run_stride = 2 * seg_pairs;
   const int64_t panel_stride = nseg * seg_pairs * kPairWidth;
-  const bool one_block = nseg == 1 && kc >= seg_k;
+  // A convolution's short kernel rows (the stem's first: 9 values) are copied into one K
+  // block when they fit, so the kernel sums them in registers and stores once, instead of
+  // passing float32 partial sums through `acc` after every row.
+  const bool merged = nseg > 1 && nseg * run_stride <= kKc;
+  const int64_t kc = merged ? nseg * run_stride : k_block(seg_k);
+  const bool one_block = merged || (nseg == 1 && kc >= seg_k);
   thread_local std::vector<float> acc, widened;
   thread_local std::vector<bf16> a_copy;
   const int64_t ldacc = padded_stride(n), lda_copy = padded_stride(kc);
   if (!one_block && static_cast<int64_t>(acc.size()) < m * ldacc) acc.resize(m * ldacc);
-  const bool copy_a = !kern.widened_a && aliasing_stride(lda) && m > 1;
+  const bool copy_a = !kern.widened_a && (merged || (aliasing_stride(lda) && m > 1));
   if (kern.widened_a && static_cast<int64_t>(widened.size()) < m * lda_copy)
     widened.resize(m * lda_copy);
   if (copy_a && static_cast<int64_t>(a_copy.size()) < m * lda_copy) a_copy.resize(m * lda_copy);
@@ -92,6 +119,19 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, in
   g.acc = acc.data(), g.ldacc = ldacc, g.c = c + j0, g.ldc = ldc;
   g.bias = bias ? bias + j0 : nullptr, g.residual = residual ? residual + j0 : nullptr;
   g.ldr = ldr, g.act = act;
+  if (merged) {
+    if (kern.widened_a) {
+      copy_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, widened.data(), lda_copy);
+      g.af = widened.data(), g.a = nullptr;
+    } else {
+      copy_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, a_copy.data(), lda_copy);
+      g.a = a_copy.data(), g.af = nullptr;
+    }
+    g.lda = lda_copy, g.kc = kc, g.b = packed + (j0 / kPanel) * panel_stride;
+    g.first = g.last = true;
+    kern.block(g);
+    return;
+  }
   for (int64_t s = 0; s < nseg; ++s) {
     for (int64_t k0 = 0; k0 < seg_k; k0 += kc) {
       g.kc = std::min(kc, seg_k - k0);

@@ -3,9 +3,9 @@ from levit_kernels.ops import extension
 variant, batch, threads, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 flag = ctypes.c_int.in_dll(ctypes.CDLL(extension._C.__file__), "levit_ab_old")
-f = levit_kernels.LeViT(variant, fused=True).eval()
+f = levit_kernels.LeViT(variant, fused=True).eval().to(getattr(torch, sys.argv[5]) if len(sys.argv) > 5 else torch.float32)
 z = levit_kernels.freeze(f)
-x = torch.randn(batch, 3, 224, 224)
+x = torch.randn(batch, 3, 224, 224).to(f.head.linear.weight.dtype)
 res = {0: [], 1: []}; outs = {}
 for r in range(rounds):
     for v in ((1, 0) if r % 2 else (0, 1)):
