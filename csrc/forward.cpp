@@ -109,6 +109,7 @@ void ProgramT<T>::add_conv(const ConvLayerT<T>& l) {
   grow(padded, 0, 0, 0);
   rows_ = ho, cols_ = wo, channels_ = l.cout;
   grow(output, 0, 0, 0);
+  stem_output_ = output;
 }
 
 template <class T>
@@ -247,23 +248,39 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
 
   // The stem: the images are copied once into NHWC with the first convolution's zero border
   // (reading them through their strides), and each convolution writes its output with the
-  // next one's border, so no convolution gathers patches (conv2d_padded).
-  int64_t hp = height_ + 2 * convs_[0].pad, wp = width_ + 2 * convs_[0].pad, c = in_channels_;
-  pad_nhwc(images, batch, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, buf[1], nthreads);
-  const T* src = buf[1];
-  for (size_t i = 0; i < convs_.size(); ++i) {
-    const ConvLayerT<T>& l = convs_[i];
-    const int64_t out_pad = i + 1 < convs_.size() ? convs_[i + 1].pad : 0;
-    PaddedConvArgsT<T> args{src, batch, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
-                        l.act, buf[cur], out_pad};
-    conv2d_padded(args, nthreads);
-    hp = (hp - l.kernel) / l.stride + 1 + 2 * out_pad;
-    wp = (wp - l.kernel) / l.stride + 1 + 2 * out_pad;
-    c = l.cout;
-    src = buf[cur];
-    cur ^= 1;
+  // next one's border, so no convolution gathers patches (conv2d_padded). One image at a
+  // time when there are several: an image's intermediates (~1 MB for LeViT at 224) stay in
+  // cache between its convolutions, where a whole chunk's (13 MB out of the first one for 16
+  // images) went to memory and back: 1.2-1.5x the stem's speed at batch 16 on one thread
+  // (benchmarks/README.md). They alternate between two image-sized slots of buf[1], and the
+  // last convolution writes the image's tokens into buf[0]. One image alternates buf[1] and
+  // buf[0], ending where the count of convolutions puts it.
+  auto stem = [&](const T* imgs, int64_t n, T* ping, T* pong, T* tokens) {
+    int64_t hp = height_ + 2 * convs_[0].pad, wp = width_ + 2 * convs_[0].pad, c = in_channels_;
+    pad_nhwc(imgs, n, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, ping, nthreads);
+    const T* src = ping;
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      const ConvLayerT<T>& l = convs_[i];
+      const bool last = i + 1 == convs_.size();
+      const int64_t out_pad = last ? 0 : convs_[i + 1].pad;
+      T* dst = last && tokens ? tokens : src == ping ? pong : ping;
+      PaddedConvArgsT<T> args{src, n, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
+                          l.act, dst, out_pad};
+      conv2d_padded(args, nthreads);
+      hp = (hp - l.kernel) / l.stride + 1 + 2 * out_pad;
+      wp = (wp - l.kernel) / l.stride + 1 + 2 * out_pad;
+      c = l.cout;
+      src = dst;
+    }
+    return src;
+  };
+  if (batch == 1) {
+    cur = stem(images, 1, buf[1], buf[0], nullptr) == buf[0] ? 0 : 1;
+  } else {
+    for (int64_t b = 0; b < batch; ++b)
+      stem(images + b * sb, 1, buf[1], buf[1] + sizes_.act, buf[0] + b * stem_output_);
   }
-  cur ^= 1;  // buf[cur] holds the tokens (B, h·w, c)
+  // buf[cur] holds the tokens (B, h·w, c)
 
   for (const auto& layer : layers_) {
     if (const Attention* a = std::get_if<Attention>(&layer)) {

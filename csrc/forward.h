@@ -130,6 +130,7 @@ class ProgramT {
   int64_t rows_, cols_, channels_;  // what the next layer receives
   bool tokens_started_ = false;
   std::vector<ConvLayerT<T>> convs_;
+  int64_t stem_output_ = 0;  // elements of the last convolution's output, per image
   std::vector<std::variant<Attention, Mlp>> layers_;
   const T* head_ = nullptr;
   const T* head_bias_ = nullptr;
