@@ -87,6 +87,26 @@ def test_edits_after_freezing_do_not_reach_the_snapshot():
     assert torch.equal(frozen(x), before)
 
 
+def test_a_fused_models_current_plan_is_shared_not_copied():
+    """Freezing a fused model whose plan is current (same device, dtype and kernels) takes
+    that plan: no second copy of the packed weights. An edit then gives the model a new plan
+    and leaves the snapshot's alone."""
+    _, fused = fused_model()
+    x = images()
+    with torch.no_grad():
+        fused(x)
+    plan = fused._plan
+    frozen = freeze(fused)
+    assert frozen._plan is plan
+    assert freeze(fused, torch.bfloat16)._plan is not plan       # another dtype: its own
+    before = frozen(x)
+    with torch.no_grad():
+        fused.head.linear.bias.add_(1)
+        fused(x)
+    assert fused._plan is not plan and frozen._plan is plan
+    assert torch.equal(frozen(x), before)
+
+
 def test_grad_mode_and_inference_mode():
     """Called without torch.no_grad(), the logits do not require grad (a snapshot holds no
     parameters); under inference_mode it runs as well."""

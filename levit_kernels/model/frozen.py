@@ -62,9 +62,11 @@ class FrozenLeViT:
                             f"{', '.join(str(d) for d in dtypes)}, got {dtype}")
         if kernels == "cpu" and not cpu.is_available():
             raise RuntimeError(f"freeze: {cpu.unavailable_reason()}")
+        self._plan = _current_plan(model, device, dtype, kernels)
         try:
-            with torch.no_grad():
-                self._plan = FusedPlan(model, device, dtype, kernels)
+            if self._plan is None:
+                with torch.no_grad():
+                    self._plan = FusedPlan(model, device, dtype, kernels)
         except UnsupportedModel as exc:
             raise ValueError(f"model: the fused kernels cannot run it: "
                              f"{_module_name(model, exc.module)} {exc.problem}; call the model "
@@ -115,6 +117,18 @@ class FrozenLeViT:
     def __repr__(self) -> str:
         return (f"FrozenLeViT({self.variant}, {self.device}, {self.dtype}, "
                 f"img_size={self.img_size})")
+
+
+def _current_plan(model: LeViT, device, dtype, kernels) -> Optional[FusedPlan]:
+    """A fused model's plan for this device, dtype and kernel family if it has one that is
+    still the model's: shared rather than built again (a plan never changes once built; the
+    model replaces it when the model changes), so freezing costs no second copy of the
+    weights."""
+    plan = model._matching_plan() if isinstance(model, FusedLeViT) else None
+    if (isinstance(plan, FusedPlan) and (plan.key.device, plan.key.dtype, plan.kernels)
+            == (device, dtype, kernels)):
+        return plan
+    return None
 
 
 def freeze(model: LeViT, dtype: Optional[torch.dtype] = None) -> FrozenLeViT:
