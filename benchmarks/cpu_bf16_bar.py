@@ -16,6 +16,8 @@ bar, each ratio from one run:
   vs f32    fused bf16 >= 1.6x our fused float32                          (batch 16 only)
   accuracy  fused bf16's relative L2 logit error against float64 <= 1.5x OpenVINO-bf16's
 
+Beside each verdict, not judged: levit_kernels.freeze(fused) against the same peers.
+
 The bar is judged only where the fused model ran the vdpbf16ps kernels of a real (not
 emulated) build and OpenVINO really ran bf16; anywhere else every criterion is reported as
 "not judged", with why, and the numbers are still written. Results: one bench JSON per run and
@@ -139,8 +141,21 @@ def markdown(env: Dict, reports: List[Dict], verdicts: List[List[Dict]]) -> str:
             mark = {True: "met", False: "**not met**", None: f"not judged: {v['why']}"}[v["met"]]
             lines.append(f"| {v['criterion']} | {value} | {'≤' if v['at_most'] else '≥'} "
                          f"{v['bound']:.2f} | {mark} |")
-        lines.append("")
+        lines += ["", frozen_line(report), ""]
     return "\n".join(lines)
+
+
+def frozen_line(report: Dict) -> str:
+    """Reported beside the verdict, not judged: the bar is the drop-in LeViT(fused=True);
+    levit_kernels.freeze() is the snapshot without its per-call key check, as the peers'
+    models are snapshots."""
+    rates = {r["provider"]: r["images_per_s"] for r in report["results"]
+             if not r.get("error") and r["images_per_s"] > 0}
+    best = max((rates[p] for p in PEERS if p in rates), default=None)
+    if "fused frozen" not in rates or best is None:
+        return "Not judged: fused frozen / best peer: -"
+    return (f"Not judged: fused frozen (levit_kernels.freeze) / best peer: "
+            f"{rates['fused frozen'] / best:.3f}")
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ NATIVE = "avx512_bf16: vdpbf16ps (AVX512_BF16 dot products, float32 accumulation
 
 def report(batch=16, path=NATIVE, extension="built", fused=200.0, fused_f32=110.0,
            ov_default=150.0, timm=120.0, fused_err=7e-3, ov_err=6e-3, ov_bf16_note="runs bf16",
-           ov_error=""):
+           ov_error="", frozen=None):
     def row(provider, rate, err=1e-7, note="", error=""):
         rate = float("nan") if error else rate
         return asdict(bench.Result(provider, rate, batch / rate * 1e3, 10, speedup=rate / 20.0,
@@ -32,6 +32,7 @@ def report(batch=16, path=NATIVE, extension="built", fused=200.0, fused_f32=110.
                        "machine": "x86_64 test", "cpu bfloat16 path": path,
                        "cpu extension": extension},
             "results": [row("reference", 20.0, 8e-3), row("fused", fused, fused_err),
+                        *([row("fused frozen", frozen, fused_err)] if frozen else []),
                         row("fused float32", fused_f32),
                         row("openvino (default precision)", ov_default, ov_err, "runs bf16",
                             ov_error),
@@ -54,6 +55,15 @@ def test_bar_met_and_missed():
     assert cpu_bf16_bar.overall([cpu_bf16_bar.judge(report())]) is True
     assert cpu_bf16_bar.overall([cpu_bf16_bar.judge(report()),
                                  cpu_bf16_bar.judge(report(fused=100.0))]) is False
+
+
+def test_a_frozen_snapshot_is_reported_beside_the_verdict_not_judged():
+    """The bar judges LeViT(fused=True); freeze()'s ratio is printed, and changes nothing."""
+    rep = report(fused=100.0, frozen=180.0)
+    assert mets(rep)["speed"] is False
+    assert cpu_bf16_bar.frozen_line(rep) == ("Not judged: fused frozen (levit_kernels.freeze) "
+                                             "/ best peer: 1.200")
+    assert cpu_bf16_bar.frozen_line(report()).endswith(": -")
 
 
 def test_batch_one_has_no_float32_criterion():
