@@ -251,7 +251,7 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
   // next one's border, so no convolution gathers patches (conv2d_padded). One image at a
   // time when there are several: an image's intermediates (~1 MB for LeViT at 224) stay in
   // cache between its convolutions, where a whole chunk's (13 MB out of the first one for 16
-  // images) went to memory and back: 1.2-1.5x the stem's speed at batch 16 on one thread
+  // images) went to memory and back: 1.24-1.29x the stem's speed at batch 16, one thread
   // (benchmarks/README.md). They alternate between two image-sized slots of buf[1], and the
   // last convolution writes the image's tokens into buf[0]. One image alternates buf[1] and
   // buf[0], ending where the count of convolutions puts it.
