@@ -4,7 +4,9 @@
     python benchmarks/report.py model.json --png model.png
 
 Groups are "<variant> <device> b<batch> t<threads>"; providers: reference, fused, and on CPU
-onnxruntime / openvino when installed (same weights, pinned to float32 and the same threads).
+fused-frozen (levit_kernels.freeze(fused): the plan without the per-call key check, a snapshot
+as the peers' models are) and onnxruntime / openvino when installed (same weights, pinned to
+float32 and the same threads).
 CPU settings are the issue's: 1 thread batch 16 (the paper's protocol) and 2 threads batch 1.
 
 bfloat16 groups ("<variant> cpu bf16 b<batch> t<threads>", issue 12), timed in the same
@@ -23,13 +25,13 @@ import time
 import pytest
 import torch
 
-from levit_kernels import LeViT
+from levit_kernels import LeViT, freeze
 from levit_kernels.tools.bench import (accuracy_yardsticks, make_models, onnxruntime_provider,
                                        openvino_provider, timm_model, torch_provider)
 
 VARIANTS = ["LeViT-128S", "LeViT-128", "LeViT-192", "LeViT-256", "LeViT-384"]
 CPU_SETTINGS = [(1, 16), (2, 1)]              # (threads, batch)
-PROVIDERS = ["reference", "fused", "onnxruntime", "openvino"]
+PROVIDERS = ["reference", "fused", "fused-frozen", "onnxruntime", "openvino"]
 BF16_PROVIDERS = ["fused-bf16", "timm+autocast", "openvino-default", "openvino-bf16"]
 ROUNDS = 3
 
@@ -62,6 +64,8 @@ def _build(name, reference, fused, images, threads, tmp_path):
         return torch_provider(reference, device)
     if name == "fused":
         return torch_provider(fused, device)
+    if name == "fused-frozen":
+        return freeze(fused)
     if name == "onnxruntime":
         pytest.importorskip("onnxruntime")
         return onnxruntime_provider(reference, images, threads, str(tmp_path))
