@@ -70,6 +70,16 @@ def peer_versions() -> Dict[str, str]:
     return versions
 
 
+def timed(report: Dict) -> Dict[str, float]:
+    """{provider: images/s} of the providers a report timed (no error, a positive rate)."""
+    return {r["provider"]: r["images_per_s"] for r in report["results"]
+            if not r.get("error") and r["images_per_s"] > 0}
+
+
+def best_peer(rates: Dict[str, float]) -> Optional[float]:
+    return max((rates[p] for p in PEERS if p in rates), default=None)
+
+
 def judge(report: Dict) -> List[Dict]:
     """Issue 12's criteria on one `run_benchmark` report: [{criterion, value, bound, at_most,
     met, why}]: met is value >= bound (value <= bound where at_most), None where the report
@@ -82,9 +92,8 @@ def judge(report: Dict) -> List[Dict]:
     not_native = None if native else (
         f"the fused model ran the '{path}' path ({extension}), not vdpbf16ps on a real build")
 
-    def rate(name) -> Optional[float]:
-        r = results.get(name)
-        return r["images_per_s"] if r and not r.get("error") and r["images_per_s"] > 0 else None
+    rates = timed(report)
+    rate = rates.get
 
     def verdict(criterion, value, bound, why, at_most=False):
         met = None if why or value is None else value <= bound if at_most else value >= bound
@@ -94,7 +103,7 @@ def judge(report: Dict) -> List[Dict]:
     rows = []
     ours = rate("fused")
     peers = {name: rate(name) for name in PEERS}
-    best = max((v for v in peers.values() if v), default=None)
+    best = best_peer(rates)
     missing = ", ".join(f"{n} ({results.get(n, {}).get('error') or 'absent'})"
                         for n, v in peers.items() if not v)
     rows.append(verdict(f"speed: fused / max({', '.join(PEERS)})",
@@ -149,9 +158,8 @@ def frozen_line(report: Dict) -> str:
     """Reported beside the verdict, not judged: the bar is the drop-in LeViT(fused=True);
     levit_kernels.freeze() is the snapshot without its per-call key check, as the peers'
     models are snapshots."""
-    rates = {r["provider"]: r["images_per_s"] for r in report["results"]
-             if not r.get("error") and r["images_per_s"] > 0}
-    best = max((rates[p] for p in PEERS if p in rates), default=None)
+    rates = timed(report)
+    best = best_peer(rates)
     if "fused frozen" not in rates or best is None:
         return "Not judged: fused frozen / best peer: -"
     return (f"Not judged: fused frozen (levit_kernels.freeze) / best peer: "

@@ -35,7 +35,7 @@ class FrozenLeViT:
 
     Call it with (B, C, H, W) images on its device, in its dtype or float32; it returns the
     logits (B, classes) in its dtype (the pooled features where the model has no head).
-    Attributes: `device`, `dtype`, `img_size`, `variant`."""
+    Attributes: `device`, `dtype`, `img_size`, `variant`, `out_features`."""
 
     def __init__(self, model: LeViT, dtype: Optional[torch.dtype] = None):
         if not isinstance(model, LeViT):
@@ -62,15 +62,16 @@ class FrozenLeViT:
                             f"{', '.join(str(d) for d in dtypes)}, got {dtype}")
         if kernels == "cpu" and not cpu.is_available():
             raise RuntimeError(f"freeze: {cpu.unavailable_reason()}")
-        self._plan = _current_plan(model, device, dtype, kernels)
-        try:
-            if self._plan is None:
+        plan = _current_plan(model, device, dtype, kernels)
+        if plan is None:
+            try:
                 with torch.no_grad():
-                    self._plan = FusedPlan(model, device, dtype, kernels)
-        except UnsupportedModel as exc:
-            raise ValueError(f"model: the fused kernels cannot run it: "
-                             f"{_module_name(model, exc.module)} {exc.problem}; call the model "
-                             f"itself, which runs its plain layers") from None
+                    plan = FusedPlan(model, device, dtype, kernels)
+            except UnsupportedModel as exc:
+                raise ValueError(f"model: the fused kernels cannot run it: "
+                                 f"{_module_name(model, exc.module)} {exc.problem}; call the "
+                                 f"model itself, which runs its plain layers") from None
+        self._plan = plan
         self.device, self.dtype, self.img_size = device, dtype, tuple(model.img_size)
         self.variant = model.config.name
         self.out_features = (self._plan.head.out_features if self._plan.head is not None
