@@ -8,6 +8,7 @@
 #include "forward.h"
 
 #include <algorithm>
+#include <chrono>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
@@ -69,6 +70,40 @@ void mean_tokens(const T* x, int64_t batch, int64_t n, int64_t c, T* out) {
 }
 
 }  // namespace
+
+// Times the steps of a profiled run; without `steps` it runs them and reads no clock. A
+// step's entry is found by name, so the stem's image-by-image convolutions and the chunks of
+// a large batch add up into one entry each. Names are made (and entries searched) only when
+// profiling, after the step's clock has stopped.
+class StepClock {
+ public:
+  explicit StepClock(std::vector<StepTime>* steps) : steps_(steps) {}
+
+  // work(), timed as the step name() (a callable returning its std::string) of `kind`.
+  template <class Name, class Work>
+  void operator()(const char* kind, const Name& name, double flops, const Work& work) {
+    if (!steps_) {
+      work();
+      return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::string key = name();
+    for (StepTime& step : *steps_) {
+      if (step.name == key) {
+        step.flops += flops;
+        step.seconds += seconds;
+        return;
+      }
+    }
+    steps_->push_back({std::move(key), kind, flops, seconds});
+  }
+
+ private:
+  std::vector<StepTime>* steps_;
+};
 
 template <class T>
 ProgramT<T>::ProgramT(int64_t in_channels, int64_t height, int64_t width)
@@ -192,17 +227,27 @@ int64_t ProgramT<T>::workspace_elements(int64_t batch) const {
 }
 
 template <class T>
-void ProgramT<T>::run_attention(const Attention& a, int64_t batch, T* x, T* next, T* qkv,
-                                T* sub, T* attn, int nthreads) const {
+void ProgramT<T>::run_attention(const Attention& a, size_t index, int64_t batch, T* x, T* next,
+                                T* qkv, T* sub, T* attn, int nthreads, StepClock& clock) const {
   const AttentionLayerT<T>& l = a.layer;
   const int64_t n = a.in.rows * a.in.cols, c = l.channels;
   const int64_t h = l.heads, dk = l.dk, dv = l.dv;
   const bool shrinking = l.q_packed != nullptr;  // add_attention: q weights of its own
+  auto name = [&](const char* part) {
+    return [=, &a] {
+      return "layer " + str(static_cast<int64_t>(index) + 1) +
+             (shrinking ? " shrinking attention (" : " attention (") + str(a.in.rows) + "x" +
+             str(a.in.cols) + " tokens, " + str(h) + " heads): " + part;
+    };
+  };
   // qkv (B, n, h, head_width): self-attention projects q with k and v; k and v (and q) are
   // strided views of it at the slot offsets the layer names
   const int64_t per_head = l.head_width, width = h * per_head;
-  gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone, qkv,
-              width, nthreads);
+  clock("gemm", name(shrinking ? "kv projection" : "qkv projection"),
+        2.0 * batch * n * c * width, [&] {
+          gemm_packed(x, batch * n, c, c, l.qkv_packed, width, l.qkv_bias, nullptr, 0, kActNone,
+                      qkv, width, nthreads);
+        });
   AttnArgsT<T> args{};
   args.batch = batch, args.heads = h, args.nq = n, args.nk = n, args.dk = dk, args.dv = dv;
   args.bias = l.bias, args.scale = l.scale, args.hardswish = true, args.probs = false;
@@ -213,32 +258,41 @@ void ProgramT<T>::run_attention(const Attention& a, int64_t batch, T* x, T* next
   if (shrinking) {  // q (B, nq, h, dk) from the subsampled tokens
     args.nq = ((a.in.rows - 1) / l.subsample + 1) * ((a.in.cols - 1) / l.subsample + 1);
     T* q = sub + batch * args.nq * c;
-    subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, sub);
-    gemm_packed(sub, batch * args.nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0, kActNone,
-                q, h * dk, nthreads);
+    clock("copy", name("subsample tokens"), 0,
+          [&] { subsample_tokens(x, batch, a.in.rows, a.in.cols, c, l.subsample, sub); });
+    clock("gemm", name("q projection"), 2.0 * batch * args.nq * c * h * dk, [&] {
+      gemm_packed(sub, batch * args.nq, c, c, l.q_packed, h * dk, l.q_bias, nullptr, 0,
+                  kActNone, q, h * dk, nthreads);
+    });
     args.q = q, args.q_sb = args.nq * h * dk, args.q_sh = dk, args.q_sn = h * dk;
   } else {
     args.q = qkv + l.q_offset, args.q_sb = n * width, args.q_sh = per_head, args.q_sn = width;
   }
-  attention(args, nthreads);
+  clock("attention", name("attention"), 2.0 * batch * h * args.nq * n * (dk + dv),
+        [&] { attention(args, nthreads); });
   // self-attention adds the projection into x in place; shrinking writes the next tokens
-  gemm_packed(attn, batch * args.nq, h * dv, h * dv, l.proj_packed, l.out_channels, l.proj_bias,
-              shrinking ? nullptr : x, c, kActNone, shrinking ? next : x, l.out_channels,
-              nthreads);
+  clock("gemm", name("projection"), 2.0 * batch * args.nq * h * dv * l.out_channels, [&] {
+    gemm_packed(attn, batch * args.nq, h * dv, h * dv, l.proj_packed, l.out_channels,
+                l.proj_bias, shrinking ? nullptr : x, c, kActNone, shrinking ? next : x,
+                l.out_channels, nthreads);
+  });
 }
 
 template <class T>
 void ProgramT<T>::run(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
-                      int64_t sw, T* workspace, T* out, int nthreads) const {
+                      int64_t sw, T* workspace, T* out, int nthreads,
+                      std::vector<StepTime>* steps) const {
   if (convs_.empty()) throw std::logic_error("Program::run: no layers");
+  StepClock clock(steps);
   for (int64_t b0 = 0; b0 < batch; b0 += kChunk)
     run_chunk(images + b0 * sb, std::min(kChunk, batch - b0), sb, sc, sh, sw, workspace,
-              out + b0 * output_features(), nthreads);
+              out + b0 * output_features(), nthreads, clock);
 }
 
 template <class T>
 void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t sc,
-                            int64_t sh, int64_t sw, T* workspace, T* out, int nthreads) const {
+                            int64_t sh, int64_t sw, T* workspace, T* out, int nthreads,
+                            StepClock& clock) const {
   T* buf[2] = {workspace, workspace + batch * sizes_.act};
   T* qkv = buf[1] + batch * sizes_.act;
   T* sub = qkv + batch * sizes_.qkv;
@@ -257,7 +311,9 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
   // buf[0], ending where the count of convolutions puts it.
   auto stem = [&](const T* imgs, int64_t n, T* ping, T* pong, T* tokens) {
     int64_t hp = height_ + 2 * convs_[0].pad, wp = width_ + 2 * convs_[0].pad, c = in_channels_;
-    pad_nhwc(imgs, n, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, ping, nthreads);
+    clock("copy", [] { return std::string("stem: images to padded NHWC"); }, 0, [&] {
+      pad_nhwc(imgs, n, height_, width_, c, sb, sh, sw, sc, convs_[0].pad, ping, nthreads);
+    });
     const T* src = ping;
     for (size_t i = 0; i < convs_.size(); ++i) {
       const ConvLayerT<T>& l = convs_[i];
@@ -266,9 +322,16 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
       T* dst = last && tokens ? tokens : src == ping ? pong : ping;
       PaddedConvArgsT<T> args{src, n, hp, wp, c, l.kernel, l.stride, l.packed, l.cout, l.bias,
                           l.act, dst, out_pad};
-      conv2d_padded(args, nthreads);
-      hp = (hp - l.kernel) / l.stride + 1 + 2 * out_pad;
-      wp = (wp - l.kernel) / l.stride + 1 + 2 * out_pad;
+      const int64_t ho = (hp - l.kernel) / l.stride + 1, wo = (wp - l.kernel) / l.stride + 1;
+      auto name = [&] {
+        return "stem conv " + str(static_cast<int64_t>(i) + 1) + " (" + str(c) + "->" +
+               str(l.cout) + ", " + str(l.kernel) + "x" + str(l.kernel) + " stride " +
+               str(l.stride) + ", to " + str(ho) + "x" + str(wo) + ")";
+      };
+      clock("convolution", name, 2.0 * n * ho * wo * l.cout * l.kernel * l.kernel * c,
+            [&] { conv2d_padded(args, nthreads); });
+      hp = ho + 2 * out_pad;
+      wp = wo + 2 * out_pad;
       c = l.cout;
       src = dst;
     }
@@ -282,27 +345,36 @@ void ProgramT<T>::run_chunk(const T* images, int64_t batch, int64_t sb, int64_t 
   }
   // buf[cur] holds the tokens (B, h·w, c)
 
-  for (const auto& layer : layers_) {
-    if (const Attention* a = std::get_if<Attention>(&layer)) {
-      run_attention(*a, batch, buf[cur], buf[cur ^ 1], qkv, sub, attn, nthreads);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (const Attention* a = std::get_if<Attention>(&layers_[i])) {
+      run_attention(*a, i, batch, buf[cur], buf[cur ^ 1], qkv, sub, attn, nthreads, clock);
       if (a->layer.q_packed) cur ^= 1;  // shrinking wrote the next tokens to the other buffer
     } else {
-      const Mlp& m = std::get<Mlp>(layer);
+      const Mlp& m = std::get<Mlp>(layers_[i]);
       const MlpLayerT<T>& l = m.layer;
-      mlp_packed(buf[cur], batch * m.in.rows * m.in.cols, l.channels, l.channels, l.w1_packed,
-                 l.b1, l.hidden, l.w2_packed, l.b2, buf[cur ^ 1], nthreads);
+      const int64_t rows = batch * m.in.rows * m.in.cols;
+      auto name = [&] {
+        return "layer " + str(static_cast<int64_t>(i) + 1) + " mlp (" + str(m.in.rows) + "x" +
+               str(m.in.cols) + " tokens, " + str(l.channels) + "->" + str(l.hidden) + "->" +
+               str(l.channels) + ")";
+      };
+      clock("mlp", name, 4.0 * rows * l.channels * l.hidden, [&] {
+        mlp_packed(buf[cur], rows, l.channels, l.channels, l.w1_packed, l.b1, l.hidden,
+                   l.w2_packed, l.b2, buf[cur ^ 1], nthreads);
+      });
       cur ^= 1;
     }
   }
 
   const int64_t tokens = rows_ * cols_;
-  if (!head_) {
-    mean_tokens(buf[cur], batch, tokens, channels_, out);
-    return;
-  }
-  mean_tokens(buf[cur], batch, tokens, channels_, mean);
-  gemm_packed(mean, batch, channels_, channels_, head_, classes_, head_bias_, nullptr, 0, kActNone,
-              out, classes_, nthreads);
+  clock("copy", [] { return std::string("mean over tokens"); }, 0,
+        [&] { mean_tokens(buf[cur], batch, tokens, channels_, head_ ? mean : out); });
+  if (!head_) return;
+  clock("gemm", [&] { return "head (" + str(channels_) + "->" + str(classes_) + ")"; },
+        2.0 * batch * channels_ * classes_, [&] {
+          gemm_packed(mean, batch, channels_, channels_, head_, classes_, head_bias_, nullptr, 0,
+                      kActNone, out, classes_, nthreads);
+        });
 }
 
 template class ProgramT<float>;

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <variant>
 #include <vector>
 
@@ -68,6 +69,18 @@ struct MlpLayerT {
 };
 using MlpLayer = MlpLayerT<float>;
 
+// One step of a profiled run (ProgramT::run's `steps`): its name, its kind ("convolution",
+// "gemm", "attention", "mlp" or "copy": the kernel that ran), its floating-point operations
+// (2 per multiply-add; 0 for copies and the mean) and the seconds it took, each summed over
+// the images and chunks of the batch.
+struct StepTime {
+  std::string name;
+  const char* kind;
+  double flops = 0, seconds = 0;
+};
+
+class StepClock;  // forward.cpp: times the steps of a profiled run
+
 template <class T>
 class ProgramT {
  public:
@@ -97,9 +110,11 @@ class ProgramT {
   // stays bounded (a few tens of MB; it can then be kept between calls instead of being
   // page-faulted in afresh every time), and kChunk images already give the stage-3 GEMMs
   // (16 tokens per image) enough rows to reuse each weight panel.
+  // With `steps`, each step (a convolution, a GEMM, an attention, an MLP, a copy) is timed
+  // as well and its StepTime added to *steps, in forward order; without, nothing is timed.
   static constexpr int64_t kChunk = 16;
   void run(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh, int64_t sw,
-           T* workspace, T* out, int nthreads) const;
+           T* workspace, T* out, int nthreads, std::vector<StepTime>* steps = nullptr) const;
 
  private:
   struct Geometry {  // token grid and width entering a token layer
@@ -122,9 +137,9 @@ class ProgramT {
   void grow(int64_t act, int64_t qkv, int64_t sub, int64_t attn);
   void require_no_head(const char* layer) const;
   void run_chunk(const T* images, int64_t batch, int64_t sb, int64_t sc, int64_t sh,
-                 int64_t sw, T* workspace, T* out, int nthreads) const;
-  void run_attention(const Attention& a, int64_t batch, T* x, T* next, T* qkv, T* sub, T* attn,
-                     int nthreads) const;
+                 int64_t sw, T* workspace, T* out, int nthreads, StepClock& clock) const;
+  void run_attention(const Attention& a, size_t index, int64_t batch, T* x, T* next, T* qkv,
+                     T* sub, T* attn, int nthreads, StepClock& clock) const;
 
   const int64_t in_channels_, height_, width_;
   int64_t rows_, cols_, channels_;  // what the next layer receives

@@ -195,7 +195,26 @@ void bind_program(py::module_& m, const char* name, const char* doc) {
           },
           py::call_guard<py::gil_scoped_release>(), kw, py::arg("images"), py::arg("batch"),
           py::arg("nchw_strides"), py::arg("workspace"), py::arg("out"), py::arg("nthreads"),
-          "Images (batch, C, H, W) given by nchw_strides (batch, channel, row, column).");
+          "Images (batch, C, H, W) given by nchw_strides (batch, channel, row, column).")
+      .def(
+          "run_profiled",
+          [](const P& p, std::uintptr_t images, int64_t batch, Strides4 nchw_strides,
+             std::uintptr_t workspace, std::uintptr_t out, int nthreads) {
+            std::vector<levit::StepTime> steps;
+            {
+              py::gil_scoped_release release;
+              p.run(ptr<const T>(images), batch, nchw_strides[0], nchw_strides[1],
+                    nchw_strides[2], nchw_strides[3], ptr<T>(workspace), ptr<T>(out), nthreads,
+                    &steps);
+            }
+            py::list timed;
+            for (const auto& step : steps)
+              timed.append(py::make_tuple(step.name, step.kind, step.flops, step.seconds));
+            return timed;
+          },
+          kw, py::arg("images"), py::arg("batch"), py::arg("nchw_strides"), py::arg("workspace"),
+          py::arg("out"), py::arg("nthreads"),
+          "run(), each step timed: [(name, kind, flops, seconds)] in forward order (forward.h).");
 }
 
 }  // namespace

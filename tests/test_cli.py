@@ -75,6 +75,25 @@ def test_profile(capsys):
         assert row in text
 
 
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_breakdown(tmp_path, capsys):
+    """Each step of the fused forward, then the same by kind; the JSON holds the steps."""
+    out = tmp_path / "steps.json"
+    assert main(["breakdown", "--variant", "128S", "--batch", "2", "--threads", "1",
+                 "--img-size", "64", "--rounds", "2", "--dtype", "bfloat16", "--json",
+                 str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("LeViT-128S  batch 2  cpu bfloat16  threads 1")
+    for row in ("stem conv 1 (3->16, 3x3 stride 2, to 32x32)", "layer 1 attention (4x4 tokens, "
+                "4 heads): attention", "by kind", "stem convolutions", "MLPs (two GEMMs each)"):
+        assert row in text
+    report = json.loads(out.read_text())
+    assert report["config"]["rounds"] == 2 and report["config"]["threads"] == 1
+    assert report["steps_ms"] == pytest.approx(sum(s["ms"] for s in report["steps"]))
+    assert {s["kind"] for s in report["steps"]} == {"convolution", "gemm", "attention", "mlp",
+                                                   "copy"}
+
+
 def test_biases_png(tmp_path):
     pytest.importorskip("matplotlib")
     model = LeViT("128S")
@@ -95,6 +114,8 @@ def test_biases_png(tmp_path):
     (["bench", "--batch", "0"], "positive integer"),
     (["bench", "--frobnicate"], "unrecognized arguments"),
     (["bench", "--dtype", "float16"], "float32 and bfloat16 only"),
+    (["breakdown", "--rounds", "0"], "positive integer"),
+    (["breakdown", "--dtype", "float16"], "invalid choice"),
     (["biases", "--checkpoint", "/nonexistent/w.pth"], "no such file"),
     (["nonsense"], "invalid choice"),
 ])

@@ -11,7 +11,7 @@ import torch
 from levit_testing import using_threads
 
 from levit_kernels.ops import cpu
-from levit_kernels.tools import bench
+from levit_kernels.tools import bench, breakdown
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cpu_bf16_bar  # noqa: E402
@@ -101,17 +101,54 @@ def test_script_writes_reports_and_verdict(tmp_path, monkeypatch, fused, status,
         rep = report(batch=batch, fused=fused)
         rep["config"].update(variant=variant, threads=threads)
         return rep
+    breakdowns = []
+
+    def fake_run_breakdown(variant, batch, threads, dtype, **kwargs):
+        breakdowns.append((variant, threads, batch, dtype))
+        return breakdown_report(variant, dtype, {"mlp": 10.0, "attention": 4.0})
     monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
+    monkeypatch.setattr(breakdown, "run_breakdown", fake_run_breakdown)
     assert cpu_bf16_bar.main(["--out", str(tmp_path)]) == status
     assert calls == cpu_bf16_bar.RUNS
+    assert breakdowns == [(v, 1, 16, d) for v in ("LeViT-128S", "LeViT-256")
+                          for d in ("bfloat16", "float32")]
     (out,) = tmp_path.iterdir()
     assert sorted(p.name for p in out.iterdir()) == [
         "LeViT-128S_t1_b16.json", "LeViT-128S_t2_b1.json", "LeViT-256_t1_b16.json",
-        "LeViT-256_t2_b1.json", "verdict.md"]
+        "LeViT-256_t2_b1.json", "breakdown_LeViT-128S_bfloat16.json",
+        "breakdown_LeViT-128S_bfloat16.txt", "breakdown_LeViT-128S_float32.json",
+        "breakdown_LeViT-128S_float32.txt", "breakdown_LeViT-256_bfloat16.json",
+        "breakdown_LeViT-256_bfloat16.txt", "breakdown_LeViT-256_float32.json",
+        "breakdown_LeViT-256_float32.txt", "verdict.md"]
     assert json.loads((out / "LeViT-256_t2_b1.json").read_text())["config"]["batch"] == 1
     text = (out / "verdict.md").read_text()
     assert text.startswith(f"# Issue 12's bar: {title}\n")
     assert "- commit: " in text and "- openvino: " in text and "- model name: " in text
+    assert "### Where the time goes: LeViT-256, 1 thread(s), batch 16 (not judged)" in text
+    assert "MLPs (two GEMMs each)" in (out / "breakdown_LeViT-256_float32.txt").read_text()
+
+
+def breakdown_report(variant, dtype, ms_by_kind):
+    """A `levit-kernels breakdown` report with one step of each kind given."""
+    steps = [dict(step=f"{kind} step", kind=kind, ms=ms, flops=1e6, gflops_per_s=1e6 / ms / 1e6)
+             for kind, ms in ms_by_kind.items()]
+    return {"config": {"variant": variant, "batch": 16, "threads": 1, "dtype": dtype,
+                       "rounds": 10, "cpu isa": "avx512_bf16", "torch": torch.__version__,
+                       "machine": "x86_64 test"},
+            "steps": steps, "forward_ms": sum(ms_by_kind.values()),
+            "steps_ms": sum(ms_by_kind.values())}
+
+
+def test_breakdown_table_says_which_kinds_fell_short():
+    """Each kind's float32 and bf16 time and their ratio; kinds neither ran are left out."""
+    table = cpu_bf16_bar.breakdown_table(
+        breakdown_report("LeViT-128S", "bfloat16", {"mlp": 5.0, "attention": 4.0}),
+        breakdown_report("LeViT-128S", "float32", {"mlp": 10.0, "attention": 4.0}))
+    lines = table.splitlines()
+    assert "| MLPs (two GEMMs each) | 10.00 | 5.00 | 2.00x |" in lines
+    assert "| attention (scores, bias, softmax, x V) | 4.00 | 4.00 | 1.00x |" in lines
+    assert "| all steps | 14.00 | 9.00 | 1.56x |" in lines
+    assert not any("stem convolutions" in line for line in lines)
 
 
 @pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")

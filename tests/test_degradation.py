@@ -190,3 +190,16 @@ def test_cli_info_in_a_fresh_process_without_the_extension():
     assert lines["cpu extension"].startswith("missing") and BUILD_HINT in lines["cpu extension"]
     assert lines["torch threads"].isdigit()
     assert "cpu isa" in lines and "triton" in lines and "torch" in lines
+
+
+def test_cli_breakdown_without_the_extension_says_why():
+    """`breakdown` times the extension's forward: without it, one line naming the fix."""
+    code = ("from levit_kernels.tools.cli import main\n"
+            "code = main(['breakdown', '--img-size', '64', '--rounds', '1'])\n"
+            "print('exit', code)\n")
+    stdout, stderr = run_python(code, block=["levit_kernels.ops._C"])
+    assert stdout.strip() == "exit 2"
+    assert "Traceback" not in stderr
+    assert stderr.startswith("levit-kernels breakdown: error: breakdown times the CPU "
+                             "extension's forward")
+    assert BUILD_HINT in stderr

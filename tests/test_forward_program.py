@@ -7,13 +7,15 @@ run in chunks of 16 images through one workspace), any image strides, and every 
 the variants and ablations have.
 """
 import threading
+import time
 
 import pytest
 import torch
 
 from levit_kernels import LeViT, cpu
+from levit_kernels.model import multiply_adds
 from levit_kernels.model.levit import slot_offsets
-from levit_kernels.model.plan import Launchers
+from levit_kernels.model.plan import FusedPlan, Launchers
 
 from levit_testing import randomize_
 
@@ -119,6 +121,56 @@ def test_a_second_thread_gets_its_own_workspace():
     assert torch.equal(result[0], expected)
 
 
+# -- profile(): each step of the forward timed ------------------------------------------------
+STEP_KINDS = {"convolution", "gemm", "attention", "mlp", "copy"}
+
+
+@pytest.mark.parametrize("variant,dtype", [("LeViT-128S", torch.float32),
+                                           ("LeViT-256", torch.bfloat16)])
+def test_profile_times_every_step_and_counts_the_model_s_multiply_adds(variant, dtype):
+    """The profiled forward is the forward (bit for bit), its steps are the model's layers in
+    order, and their flops add up to the paper's multiply-add count (which counts one more
+    per softmax entry and no classifier: together < 0.5% of it)."""
+    model, _ = model_and_plan(variant)
+    program = FusedPlan(model, torch.device("cpu"), dtype).program
+    images = torch.randn(2, 3, 224, 224).to(dtype)
+    start = time.perf_counter()
+    out, steps = program.profile(images)
+    wall = time.perf_counter() - start
+    assert torch.equal(out, program(images))
+    names = [s["step"] for s in steps]
+    assert len(set(names)) == len(names)
+    assert {s["kind"] for s in steps} == STEP_KINDS
+    config = model.config
+    assert sum(s["kind"] == "convolution" for s in steps) == 4
+    assert sum(s["kind"] == "mlp" for s in steps) == sum(config.depth) + len(config.depth) - 1
+    assert sum(s["kind"] == "attention" for s in steps) == sum(config.depth) + len(config.depth) - 1
+    assert names[0].startswith("stem: images") and names[-1].startswith("head (")
+    assert all(s["seconds"] > 0 for s in steps)
+    assert sum(s["seconds"] for s in steps) <= wall
+    macs = sum(s["flops"] for s in steps) / 2 / images.shape[0]
+    assert abs(macs - multiply_adds(config)) <= 0.005 * multiply_adds(config)
+
+
+def test_profile_adds_up_images_and_chunks():
+    """Batch 17 is a chunk of 16 and one of 1, each stem image by image: every step appears
+    once, with 17 times one image's flops; without a head the last step is the mean."""
+    model, plan = model_and_plan(img_size=64, num_classes=0)
+    images = torch.randn(17, 3, 64, 64)
+    one = plan.program.profile(images[:1])[1]
+    out, steps = plan.program.profile(images)
+    assert torch.equal(out, plan.program(images))
+    assert [s["step"] for s in steps] == [s["step"] for s in one]
+    assert [s["flops"] for s in steps] == [17 * s["flops"] for s in one]
+    assert steps[-1]["step"] == "mean over tokens"
+
+
+def test_profile_of_an_empty_batch():
+    _, plan = model_and_plan()
+    out, steps = plan.program.profile(torch.zeros(0, 3, 224, 224))
+    assert out.shape == (0, 1000) and steps == []
+
+
 @pytest.mark.parametrize("images,exc,match", [
     (torch.zeros(1, 3, 224, 224, dtype=torch.float64), TypeError, "images: expected dtype"),
     (torch.zeros(1, 4, 224, 224), ValueError, r"images: expected shape \(B, 3, 224, 224\)"),
@@ -130,6 +182,8 @@ def test_bad_images(images, exc, match):
     _, plan = model_and_plan()
     with pytest.raises(exc, match=match):
         plan.program(images)
+    with pytest.raises(exc, match=match):
+        plan.program.profile(images)
 
 
 # ---- building a program: each layer must fit the ones before it ---------------------------

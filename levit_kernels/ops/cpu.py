@@ -28,7 +28,7 @@ every ISA path (`bf16_path()` says what runs).
 from __future__ import annotations
 
 import threading
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -510,6 +510,19 @@ class ForwardProgram:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) CPU images of the program's dtype, any strides -> (B, output_features)
         of that dtype."""
+        return self._forward(images, self._program.run)[0]
+
+    def profile(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[Dict[str, object]]]:
+        """The forward of `__call__` with each of its steps timed: (output, steps), steps in
+        forward order, each {"step": name, "kind": "convolution" / "gemm" / "attention" /
+        "mlp" / "copy", "seconds", "flops"}, summed over the batch's images (flops: 2 per
+        multiply-add, 0 for copies and the mean)."""
+        out, timed = self._forward(images, self._program.run_profiled)
+        return out, [{"step": name, "kind": kind, "seconds": seconds, "flops": flops}
+                     for name, kind, flops, seconds in timed or []]
+
+    def _forward(self, images: torch.Tensor, run):
+        """(output, what `run` returned): the checks, output and workspace of one call."""
         _plain_inputs(("images", images))
         _cpu_tensor(images, "images", ndim=4, unit_last_stride=False)
         self._check_dtype("images", images)
@@ -522,20 +535,19 @@ class ForwardProgram:
         # bare torch.empty would hand the kernels a meta tensor's null pointer.
         out = torch.empty((batch, self.output_features), dtype=self.dtype, device="cpu")
         if batch == 0:
-            return out
+            return out, None
         size = self._program.workspace_elements(batch=batch)  # bounded: batches run in chunks
         if not self._workspace_lock.acquire(blocking=False):
-            self._run(images, torch.empty(size, dtype=self.dtype, device="cpu"), out)
-            return out
+            workspace = torch.empty(size, dtype=self.dtype, device="cpu")
+            return out, self._run(run, images, workspace, out)
         try:
             if self._workspace.numel() < size:
                 self._workspace = torch.empty(size, dtype=self.dtype, device="cpu")
-            self._run(images, self._workspace, out)
+            return out, self._run(run, images, self._workspace, out)
         finally:
             self._workspace_lock.release()
-        return out
 
-    def _run(self, images, workspace, out) -> None:
-        self._program.run(images=images.data_ptr(), batch=images.shape[0],
-                          nchw_strides=images.stride(), workspace=workspace.data_ptr(),
-                          out=out.data_ptr(), nthreads=_threads())
+    @staticmethod
+    def _run(run, images, workspace, out):
+        return run(images=images.data_ptr(), batch=images.shape[0], nchw_strides=images.stride(),
+                   workspace=workspace.data_ptr(), out=out.data_ptr(), nthreads=_threads())

@@ -2,6 +2,7 @@
 
     levit-kernels bench      reference vs fused LeViT (and peers with --compare); the main job
     levit-kernels profile    the paper's per-component block timing (supplementary Table 1)
+    levit-kernels breakdown  each step of the fused CPU forward timed (where the time goes)
     levit-kernels biases     the learned attention-bias maps of a checkpoint (Appendix B)
     levit-kernels summary    parameters and multiply-adds per variant (Table 3's columns)
     levit-kernels info       versions, CPU ISA, threads, extension / Triton / CUDA status
@@ -142,6 +143,20 @@ def cmd_profile(args) -> int:
     from .profile import profile_table
     table, _ = profile_table(fused=not args.reference_only)
     print(table)
+    return 0
+
+
+def cmd_breakdown(args) -> int:
+    from ..ops import cpu
+    from .breakdown import format_breakdown, run_breakdown
+    if not cpu.is_available():
+        raise UsageError(f"breakdown times the CPU extension's forward: "
+                         f"{cpu.unavailable_reason()}")
+    report = run_breakdown(variant=args.variant, batch=args.batch, threads=args.threads,
+                           dtype=args.dtype, img_size=args.img_size, rounds=args.rounds)
+    print(format_breakdown(report))
+    if args.json:
+        _save_json(args.json, report)
     return 0
 
 
@@ -444,6 +459,19 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="per-component block timing (paper's suppl. Table 1)")
     prof.add_argument("--reference-only", action="store_true")
     prof.set_defaults(func=cmd_profile)
+
+    steps = sub.add_parser("breakdown", help="each step of the fused CPU forward timed")
+    steps.add_argument("--variant", type=_variant, default="LeViT-256")
+    steps.add_argument("--batch", type=_positive, default=16)
+    steps.add_argument("--threads", type=_positive, default=None,
+                       help="torch threads (default: torch's default)")
+    steps.add_argument("--dtype", choices=_DTYPES, default="float32")
+    steps.add_argument("--img-size", type=_img_size, default=224)
+    steps.add_argument("--rounds", type=_positive, default=10,
+                       help="profiled forwards (each step's median is reported)")
+    steps.add_argument("--json", metavar="PATH", type=_output_file,
+                       help="save the numbers as JSON")
+    steps.set_defaults(func=cmd_breakdown)
 
     biases = sub.add_parser("biases", help="plot learned attention-bias maps (Appendix B)")
     biases.add_argument("--checkpoint", required=True)

@@ -621,8 +621,18 @@ bool check_program(int nthreads) {
                 nthreads, levit::isa_name(levit::active_isa()));
   Guarded<T> workspace(program.workspace_elements(batch));
   Guarded<T> out(batch * program.output_features());
+  // Half the runs profiled (each step timed): the same results, and a step list to check.
+  std::vector<levit::StepTime> steps;
+  const bool profiled = coin(0.5);
   program.run(images.data(), batch, cin * h * w, h * w, w, 1, workspace.data(), out.data(),
-              nthreads);
+              nthreads, profiled ? &steps : nullptr);
+  if (profiled) {
+    if (steps.empty() || steps.front().name.rfind("stem", 0) != 0)
+      return fail("profiled run: expected its steps, the stem's first");
+    for (const levit::StepTime& step : steps)
+      if (step.kind == nullptr || step.seconds < 0 || step.flops < 0)
+        return fail("profiled run: a step without a kind, or negative time or flops");
+  }
   if (!workspace.guards_intact()) return fail("wrote outside its workspace");
   if (!out.guards_intact()) return fail("wrote outside its output");
   const double rel = std::is_same_v<T, bf16> ? 0x1p-5 : tolerance<T>();  // see the header
