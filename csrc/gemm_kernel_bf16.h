@@ -3,8 +3,8 @@
 //   Widened (this file): A arrives widened to float32 (the driver converts each A block once;
 //     it is reused by every column strip); per pair row of the packed weight, NV loads of W
 //     pairs split into the even and the odd element's float32 values (a shift, an and) and
-//     2·MR·NV FMAs. Included by gemm_bf16_avx2.cpp (6×16 tile) and gemm_bf16_avx512.cpp
-//     (14×32 tile).
+//     2·MR·NV FMAs. Included by gemm_bf16_avx2.cpp (5×16 tile) and gemm_bf16_avx512.cpp
+//     (12×32 tile): a row fewer than float32's tiles, for the split's mask register.
 //   Native (gemm_avx512bf16.cpp): vdpbf16ps on A pairs broadcast as 32-bit lanes.
 // Reference: levit_kernels/ops/reference.py::linear.
 //

@@ -233,7 +233,8 @@ def assert_untouched(buf, mine, what):
     assert buf[~mine].isnan().all(), f"{what} wrote outside its output"
 
 
-# (M, N, K) around the 6×16 / 14×32 / 4×16 tiles, odd K (a half pair), K over a 512 block
+# (M, N, K) around the tiles (5×16 AVX2, 12×32 AVX-512, 14×32 AVX512_BF16, 4×16 generic), odd
+# K (a half pair), K over a 512 block
 GUARD_GEMM = [(1, 1, 1), (5, 17, 3), (7, 33, 9), (13, 16, 31), (15, 47, 64), (29, 31, 515)]
 
 
