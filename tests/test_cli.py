@@ -94,6 +94,27 @@ def test_breakdown(tmp_path, capsys):
                                                    "copy"}
 
 
+@pytest.mark.skipif(not cpu.is_available(), reason="CPU extension not built")
+def test_breakdown_versus_another_dtype(tmp_path, capsys):
+    """--versus times both dtypes in one run: every step and kind gets the other's time and
+    the ratio (other / this), which the JSON's two reports give back."""
+    out = tmp_path / "steps.json"
+    assert main(["breakdown", "--variant", "128S", "--batch", "1", "--threads", "1",
+                 "--img-size", "64", "--rounds", "2", "--dtype", "bfloat16", "--versus",
+                 "float32", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "float32, interleaved in the same run" in text
+    reports = json.loads(out.read_text())
+    assert set(reports) == {"bfloat16", "float32"}
+    assert reports["float32"]["config"]["interleaved_with"] == ["bfloat16"]
+    bf16, f32 = reports["bfloat16"], reports["float32"]
+    head = next(line for line in text.splitlines() if line.startswith("head ("))
+    want = {s["step"]: s["ms"] for s in f32["steps"]}["head (384->1000)"]
+    mine = {s["step"]: s["ms"] for s in bf16["steps"]}["head (384->1000)"]
+    assert head.split()[-2:] == [f"{want:.3f}", f"{want / mine:5.2f}x".strip()]
+    assert [s["step"] for s in bf16["steps"]] == [s["step"] for s in f32["steps"]]
+
+
 def test_biases_png(tmp_path):
     pytest.importorskip("matplotlib")
     model = LeViT("128S")
@@ -116,6 +137,7 @@ def test_biases_png(tmp_path):
     (["bench", "--dtype", "float16"], "float32 and bfloat16 only"),
     (["breakdown", "--rounds", "0"], "positive integer"),
     (["breakdown", "--dtype", "float16"], "invalid choice"),
+    (["breakdown", "--versus", "float32"], "compare against the other dtype"),
     (["biases", "--checkpoint", "/nonexistent/w.pth"], "no such file"),
     (["nonsense"], "invalid choice"),
 ])

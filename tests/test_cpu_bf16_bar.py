@@ -103,29 +103,26 @@ def test_script_writes_reports_and_verdict(tmp_path, monkeypatch, fused, status,
         return rep
     breakdowns = []
 
-    def fake_run_breakdown(variant, batch, threads, dtype, **kwargs):
-        breakdowns.append((variant, threads, batch, dtype))
-        return breakdown_report(variant, dtype, {"mlp": 10.0, "attention": 4.0})
+    def fake_run_breakdowns(variant, batch, threads, dtypes, **kwargs):
+        breakdowns.append((variant, threads, batch, tuple(dtypes)))
+        return {d: breakdown_report(variant, d, {"mlp": 10.0, "attention": 4.0}) for d in dtypes}
     monkeypatch.setattr(bench, "run_benchmark", fake_run_benchmark)
-    monkeypatch.setattr(breakdown, "run_breakdown", fake_run_breakdown)
+    monkeypatch.setattr(breakdown, "run_breakdowns", fake_run_breakdowns)
     assert cpu_bf16_bar.main(["--out", str(tmp_path)]) == status
     assert calls == cpu_bf16_bar.RUNS
-    assert breakdowns == [(v, 1, 16, d) for v in ("LeViT-128S", "LeViT-256")
-                          for d in ("bfloat16", "float32")]
+    assert breakdowns == [(v, 1, 16, ("bfloat16", "float32")) for v in ("LeViT-128S", "LeViT-256")]
     (out,) = tmp_path.iterdir()
     assert sorted(p.name for p in out.iterdir()) == [
         "LeViT-128S_t1_b16.json", "LeViT-128S_t2_b1.json", "LeViT-256_t1_b16.json",
-        "LeViT-256_t2_b1.json", "breakdown_LeViT-128S_bfloat16.json",
-        "breakdown_LeViT-128S_bfloat16.txt", "breakdown_LeViT-128S_float32.json",
-        "breakdown_LeViT-128S_float32.txt", "breakdown_LeViT-256_bfloat16.json",
-        "breakdown_LeViT-256_bfloat16.txt", "breakdown_LeViT-256_float32.json",
-        "breakdown_LeViT-256_float32.txt", "verdict.md"]
+        "LeViT-256_t2_b1.json", "breakdown_LeViT-128S.json", "breakdown_LeViT-128S.txt",
+        "breakdown_LeViT-256.json", "breakdown_LeViT-256.txt", "verdict.md"]
     assert json.loads((out / "LeViT-256_t2_b1.json").read_text())["config"]["batch"] == 1
     text = (out / "verdict.md").read_text()
     assert text.startswith(f"# Issue 12's bar: {title}\n")
     assert "- commit: " in text and "- openvino: " in text and "- model name: " in text
     assert "### Where the time goes: LeViT-256, 1 thread(s), batch 16 (not judged)" in text
-    assert "MLPs (two GEMMs each)" in (out / "breakdown_LeViT-256_float32.txt").read_text()
+    text = (out / "breakdown_LeViT-256.txt").read_text()
+    assert "float32, interleaved in the same run" in text and "MLPs (two GEMMs each)" in text
 
 
 def breakdown_report(variant, dtype, ms_by_kind):
@@ -134,7 +131,7 @@ def breakdown_report(variant, dtype, ms_by_kind):
              for kind, ms in ms_by_kind.items()]
     return {"config": {"variant": variant, "batch": 16, "threads": 1, "dtype": dtype,
                        "rounds": 10, "cpu isa": "avx512_bf16", "torch": torch.__version__,
-                       "machine": "x86_64 test"},
+                       "machine": "x86_64 test", "threads_note": ""},
             "steps": steps, "forward_ms": sum(ms_by_kind.values()),
             "steps_ms": sum(ms_by_kind.values())}
 

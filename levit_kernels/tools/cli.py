@@ -148,15 +148,18 @@ def cmd_profile(args) -> int:
 
 def cmd_breakdown(args) -> int:
     from ..ops import cpu
-    from .breakdown import format_breakdown, run_breakdown
+    from .breakdown import format_breakdown, run_breakdowns
     if not cpu.is_available():
         raise UsageError(f"breakdown times the CPU extension's forward: "
                          f"{cpu.unavailable_reason()}")
-    report = run_breakdown(variant=args.variant, batch=args.batch, threads=args.threads,
-                           dtype=args.dtype, img_size=args.img_size, rounds=args.rounds)
-    print(format_breakdown(report))
+    if args.versus == args.dtype:
+        raise UsageError(f"--versus {args.versus}: compare against the other dtype")
+    dtypes = (args.dtype,) + ((args.versus,) if args.versus else ())
+    reports = run_breakdowns(variant=args.variant, batch=args.batch, threads=args.threads,
+                             dtypes=dtypes, img_size=args.img_size, rounds=args.rounds)
+    print(format_breakdown(reports[args.dtype], reports.get(args.versus)))
     if args.json:
-        _save_json(args.json, report)
+        _save_json(args.json, reports if args.versus else reports[args.dtype])
     return 0
 
 
@@ -467,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch threads (default: torch's default)")
     steps.add_argument("--dtype", choices=_DTYPES, default="float32")
     steps.add_argument("--img-size", type=_img_size, default=224)
+    steps.add_argument("--versus", choices=_DTYPES, default=None,
+                       help="also time the other dtype, interleaved in the same run, with "
+                            "each step's ratio (--dtype bfloat16 --versus float32)")
     steps.add_argument("--rounds", type=_positive, default=10,
                        help="profiled forwards (each step's median is reported)")
     steps.add_argument("--json", metavar="PATH", type=_output_file,
