@@ -108,10 +108,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--so", type=Path, help="an extension module built with symbols (-g)")
     args = parser.parse_args(argv)
+    if args.so is not None and not args.so.is_file():
+        parser.error(f"--so {args.so}: no such file")
     with tempfile.TemporaryDirectory() as tmp:
         so = args.so or build_with_symbols(Path(tmp))
-        text = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(so)],
-                              check=True, capture_output=True, text=True).stdout
+        dump = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(so)],
+                              capture_output=True, text=True)
+    if dump.returncode:
+        sys.exit(f"objdump cannot read {so}: {dump.stderr.strip()}")
+    text = dump.stdout
     lines, spilled = report(text)
     if len(lines) == 1:
         print(f"{so}: no kernel symbols (a release build is stripped of them; build with -g)")

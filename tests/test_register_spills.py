@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import register_spills  # noqa: E402
 
@@ -52,7 +54,20 @@ def test_the_k_loop_is_the_innermost_loop_with_the_most_products():
 def test_without_kernel_symbols_it_says_so(tmp_path, capsys, monkeypatch):
     """A release build's kernels are local symbols objdump does not name: exit 2, not 0."""
     stripped = DISASSEMBLY[DISASSEMBLY.index("0000000000003000"):]
+    so = tmp_path / "_C.so"
+    so.write_bytes(b"\x7fELF")
     monkeypatch.setattr(register_spills.subprocess, "run",
-                        lambda *args, **kwargs: SimpleNamespace(stdout=stripped))
-    assert register_spills.main(["--so", str(tmp_path / "_C.so")]) == 2
+                        lambda *args, **kwargs: SimpleNamespace(stdout=stripped, returncode=0))
+    assert register_spills.main(["--so", str(so)]) == 2
     assert "no kernel symbols" in capsys.readouterr().out
+
+
+def test_a_missing_or_unreadable_module_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as missing:
+        register_spills.main(["--so", str(tmp_path / "nothing.so")])
+    assert missing.value.code == 2 and "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.so"
+    junk.write_text("not an ELF file")
+    with pytest.raises(SystemExit) as unreadable:
+        register_spills.main(["--so", str(junk)])
+    assert str(unreadable.value.code).startswith(f"objdump cannot read {junk}")
