@@ -28,20 +28,14 @@ KINDS = {"convolution": "stem convolutions", "gemm": "projections and the head (
          "copy": "copies and the mean"}
 
 
-def run_breakdown(variant: str = "LeViT-256", batch: int = 16, threads: Optional[int] = None,
-                  dtype: str = "float32", img_size=224, rounds: int = 10) -> Dict:
-    """{"config": ..., "steps": [{"step", "kind", "ms", "flops", "gflops_per_s"}, ...] (kind:
-    a key of KINDS), "forward_ms": an untimed forward's median, "steps_ms": the steps'
-    medians summed}."""
-    return run_breakdowns(variant, batch, threads, (dtype,), img_size, rounds)[dtype]
-
-
 def run_breakdowns(variant: str = "LeViT-256", batch: int = 16, threads: Optional[int] = None,
                    dtypes: Sequence[str] = ("bfloat16", "float32"), img_size=224,
                    rounds: int = 10) -> Dict[str, Dict]:
-    """{dtype: run_breakdown's report} for the same weights and images in each dtype, their
-    rounds interleaved in one process (the order alternating), so ratios between the dtypes
-    are not skewed by the machine's drift between runs."""
+    """{dtype: report} for the same weights and images in each dtype, their rounds
+    interleaved in one process (the order alternating), so ratios between the dtypes are not
+    skewed by the machine's drift between runs. A report: {"config": ..., "steps": [{"step",
+    "kind", "ms", "flops", "gflops_per_s"}, ...] (kind: a key of KINDS), "forward_ms": an
+    untimed forward's median, "steps_ms": the steps' medians summed}."""
     from .info import collect
     if threads is not None:
         torch.set_num_threads(threads)
