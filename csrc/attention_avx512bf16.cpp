@@ -9,7 +9,8 @@
 //           (e = exp(s - max) rounded to bf16 by the softmax, whose 1/sum is then taken over
 //           the rounded values; V packed as pairs of rows, [m][d] words, per column block).
 // Twice the products per instruction, and half the bytes of Kᵀ and V to copy and stream.
-// Accumulation, the softmax and the epilogue stay float32; the output is rounded once.
+// Accumulation, the softmax and the epilogue stay float32; the output is rounded once, by
+// vcvtneps2bf16 (simd.h Avx512Bf16: denormals to zero, as vdpbf16ps reads them anyway).
 // The one extra rounding, of e, is the rounding PyTorch's own bf16 attention does (its
 // softmax returns bf16), within the bf16 error rule of tests/test_bf16_kernels.py.
 #include <cstring>
@@ -121,7 +122,7 @@ struct DotProducts {
 }  // namespace
 
 AttnKernelT<bf16> attention_kernel_bf16_avx512bf16() {
-  return {&attention_task<Avx512, bf16, 6, 4, 4, DotProducts>, 6};
+  return {&attention_task<Avx512Bf16, bf16, 6, 4, 4, DotProducts>, 6};
 }
 
 }  // namespace levit

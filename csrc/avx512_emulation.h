@@ -106,6 +106,24 @@ inline simde__m256 extractf32x8_ps(simde__m512 a, int imm) {
   return simde_mm256_loadu_ps(v + 8 * (imm & 1));
 }
 
+// vcvtneps2bf16, lane by lane as Intel's pseudocode has it: zero and denormal -> signed zero,
+// inf truncated, NaN truncated with the quiet bit set, normal values rounded to nearest even.
+inline simde__m256i cvtneps_pbh(simde__m512 a) {
+  uint32_t in[16];
+  uint16_t out[16];
+  std::memcpy(in, &a, sizeof in);
+  for (int i = 0; i < 16; ++i) {
+    const uint32_t u = in[i], exponent = u & 0x7F800000u, mantissa = u & 0x007FFFFFu;
+    if (exponent == 0) out[i] = static_cast<uint16_t>((u >> 16) & 0x8000u);
+    else if (exponent == 0x7F800000u && mantissa == 0) out[i] = static_cast<uint16_t>(u >> 16);
+    else if (exponent == 0x7F800000u) out[i] = static_cast<uint16_t>((u >> 16) | 0x40u);
+    else out[i] = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+  simde__m256i r;
+  std::memcpy(&r, out, sizeof r);
+  return r;
+}
+
 }  // namespace levit_emulation
 
 #undef _mm512_maskz_loadu_ps  // a newer SIMDe may have its own
@@ -122,3 +140,5 @@ inline simde__m256 extractf32x8_ps(simde__m512 a, int imm) {
 #define _mm512_cvtepu16_epi32 levit_emulation::cvtepu16_epi32
 #undef _mm512_extractf32x8_ps
 #define _mm512_extractf32x8_ps levit_emulation::extractf32x8_ps
+#undef _mm512_cvtneps_pbh
+#define _mm512_cvtneps_pbh levit_emulation::cvtneps_pbh

@@ -11,8 +11,10 @@
 // levit_kernels/ops/reference.py::linear.
 //
 // vdpbf16ps treats denormal inputs as zero and flushes denormal results (DAZ/FTZ, whatever
-// MXCSR says): values below 1.2e-38 may differ from the widened paths, nothing else does
-// beyond the order of the additions.
+// MXCSR says), and the stores round with vcvtneps2bf16 (simd.h Avx512Bf16), which flushes
+// too: values below 1.2e-38 may differ from the widened paths, and a NaN output keeps its
+// sign and payload rather than becoming 0x7FC0; nothing else differs beyond the order of the
+// additions.
 #include <cstring>
 
 #include "gemm_kernel_bf16.h"
@@ -57,7 +59,7 @@ struct Native {
 }  // namespace
 
 GemmKernelBf16 gemm_kernel_bf16_avx512bf16() {
-  return {&gemm_block_bf16<Avx512, Native, 14, 2>, 14, 32, false,
+  return {&gemm_block_bf16<Avx512Bf16, Native, 14, 2>, 14, 32, false,
           "vdpbf16ps (AVX512_BF16 dot products, float32 accumulation)"};
 }
 

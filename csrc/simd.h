@@ -107,6 +107,21 @@ struct Avx512 {
 };
 #endif
 
+#if defined(__AVX512BF16__) || defined(LEVIT_EMULATE_AVX512)
+// The AVX512_BF16 path's traits: Avx512 with the stores rounding by vcvtneps2bf16, one
+// instruction where `narrow` takes eight (its tiles store after as few as 8 dot products per
+// output vector). The same nearest-even rounding of normal values, inf kept; unlike bf16.h's
+// rule, denormal values become signed zeros (as vdpbf16ps already treats them on this path)
+// and a NaN keeps its sign and top payload bits (still a NaN, quietened) instead of 0x7FC0.
+struct Avx512Bf16 : Avx512 {
+  static __m256i narrow(vec x) { return (__m256i)_mm512_cvtneps_pbh(x); }
+  static void store_bf16(bf16* p, vec x) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(x));
+  }
+  static void store_bf16(bf16* p, vec x, int64_t n) { _mm256_mask_storeu_epi16(p, tail(n), narrow(x)); }
+};
+#endif
+
 #if defined(__AVX2__) && defined(__FMA__)
 struct Avx2 {
   using vec = __m256;

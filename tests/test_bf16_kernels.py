@@ -92,6 +92,23 @@ def test_rounding_is_nearest_even_and_keeps_nan(every_isa):
     assert out[2].isnan().all() and out[0].isinf().all()
 
 
+@pytest.mark.linear
+def test_denormal_results(every_isa):
+    """bf16 denormals (below 1.18e-38) through a K = 1 linear (x·1): kept bit for bit where
+    the kernels widen to float32; zero on avx512_bf16, whose vdpbf16ps reads them as zero and
+    whose vcvtneps2bf16 store flushes them (csrc/simd.h, Avx512Bf16). Normal values next to
+    them are exact on every path."""
+    values = torch.tensor([1e-39, -1e-39, 5e-40, -9.2e-41, 1.1e-38, 2e-38, -3.0], dtype=BF16)
+    x = values.repeat(37).reshape(-1, 1)
+    out = cpu.linear(x, torch.ones(1, 1, dtype=BF16))
+    denormal = x.float().abs() < torch.finfo(torch.float32).tiny
+    assert denormal.sum() == 5 * 37 and torch.equal(out[~denormal], x[~denormal])
+    if every_isa == "avx512_bf16":
+        assert (out[denormal] == 0).all(), out[denormal][:5]
+    else:
+        assert torch.equal(out.view(torch.int16), x.view(torch.int16))
+
+
 def _packed_reference(w, segments):
     """pack_weight's bf16 layout written from gemm_bf16.h's formula, independently: an odd
     run's padding slot (every column) holds kRunPadBits, 0x7F7F, the largest finite bf16."""
