@@ -74,14 +74,20 @@ def test_batches_across_chunk_boundaries(batch):
     assert rel_err(out, layer_by_layer(plan, images)) <= 1e-5
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "strided", "expanded"])
+@pytest.mark.parametrize("layout", ["channels_last", "strided", "expanded", "column_stride",
+                                    "channel_slice"])
 def test_images_of_any_strides(layout):
+    """Contiguous NCHW RGB images take the pad step's pixel-by-pixel loop (csrc/conv.cpp
+    interleave_rgb_row), channels_last a row copy, a column stride the general channel loop:
+    all give the same logits."""
     _, plan = model_and_plan()
     base = torch.randn(3, 3, 224, 224)
     images = {
         "channels_last": base.contiguous(memory_format=torch.channels_last),
         "strided": torch.randn(6, 3, 224, 224)[::2],
         "expanded": base[:1].expand(3, 3, 224, 224),
+        "column_stride": torch.randn(3, 3, 224, 448)[..., ::2],
+        "channel_slice": torch.randn(3, 5, 224, 224)[:, 1:4],
     }[layout]
     with torch.no_grad():
         assert torch.equal(plan.program(images), plan.program(images.contiguous()))
