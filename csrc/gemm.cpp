@@ -13,6 +13,7 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu_features.h"
@@ -217,7 +218,18 @@ void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packe
         for (int64_t kk = k0; kk < k1; ++kk) dst[kk * kPanel + c] = c < rows ? src[kk] : 0.0f;
       }
     }
+    for (int64_t c = rows; c < kPanel; ++c) std::memcpy(dst + c, &kColumnPadMark, 4);
   });
+}
+
+int64_t packed_out_features(const float* packed, int64_t panels, int64_t panel_numel) {
+  const float* row = packed + (panels - 1) * panel_numel;
+  int64_t c = kPanel;
+  for (uint32_t bits; c > 0; --c) {
+    std::memcpy(&bits, row + c - 1, 4);
+    if (bits != kColumnPadMark) break;
+  }
+  return (panels - 1) * kPanel + c;
 }
 
 namespace {

@@ -3,8 +3,9 @@
 // levit_kernels/ops/gpu/linear.py.
 //
 // Packed weight layout (ISA-independent, so a weight packed under one ISA is valid under every
-// other): W (N,K) row-major becomes ceil(N/16) panels of shape (K, 16), zero-padded past N:
-//   packed[p*K*16 + k*16 + c] = W[p*16 + c][k]   (0 when p*16 + c >= N).
+// other): W (N,K) row-major becomes ceil(N/16) panels of shape (K, 16), padded past N:
+//   packed[p*K*16 + k*16 + c] = W[p*16 + c][k]   (p*16 + c < N)
+//                             = kColumnPadMark     (p*16 + c >= N, k = 0), else 0.
 // A micro-kernel reads one or two panels row by row (16 or 32 contiguous floats per k).
 #pragma once
 
@@ -20,8 +21,21 @@ enum Act : int { kActNone = 0, kActHardswish = 1 };
 
 inline int64_t packed_numel(int64_t n, int64_t k) { return (n + kPanel - 1) / kPanel * kPanel * k; }
 
+// The first K row of every padding column (past N, in the last panel) holds this finite value
+// (the largest float) rather than 0: N and any N' with the same number of panels give the
+// same packed shape, and the marks tell them apart (packed_out_features), so a packed op told
+// the wrong number of output features refuses instead of dropping columns or adding zero
+// ones. The kernels compute padding columns but never store them: the value changes nothing.
+constexpr uint32_t kColumnPadMark = 0x7F7FFFFFu;  // float32 bits; bf16: kColumnPadBits
+
 // w: (n, k) with row stride ldw; packed: packed_numel(n, k) floats.
 void pack_weight(const float* w, int64_t n, int64_t k, int64_t ldw, float* packed, int nthreads);
+
+// N of a weight packed by pack_weight, from the marks of its padding columns: panels·16 less
+// the marked columns at the end of the last panel's first row. `panel_numel`: values per
+// panel. (A real weight of exactly the mark's value in the last real column of that row
+// would read as padding.)
+int64_t packed_out_features(const float* packed, int64_t panels, int64_t panel_numel);
 
 // out (m, n; row stride ldo) = act(x·Wᵀ + bias) + residual.
 // x: (m, k), row stride ldx. bias: (n) or null. residual: (m, n), row stride ldr, or null.

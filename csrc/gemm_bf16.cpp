@@ -213,10 +213,18 @@ void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segme
             bf16 v{0};
             if (kk == run) v.bits = kRunPadBits;     // an odd run's padding, every column
             else if (c < rows) v = src[s * run + kk];
+            else if (s == 0 && q == 0 && e == 0) v.bits = kColumnPadBits;  // past N
             dst[((s * run_pairs + q) * kPanel + c) * 2 + e] = v;
           }
     }
   });
+}
+
+int64_t packed_out_features(const bf16* packed, int64_t panels, int64_t panel_numel) {
+  const bf16* row = packed + (panels - 1) * panel_numel;
+  int64_t c = kPanel;
+  while (c > 0 && row[(c - 1) * 2].bits == kColumnPadBits) --c;
+  return (panels - 1) * kPanel + c;
 }
 
 bool run_padding_matches(const bf16* packed, int64_t k, int64_t segments) {

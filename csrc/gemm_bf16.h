@@ -9,7 +9,8 @@
 // are read one kernel row at a time), each run padded with a zero to an even length; then
 // ceil(N/16) panels of Kp = packed_pairs(K, segments) pair rows of 16 columns × 2:
 //   packed[((p·Kp + kp)·16 + c)·2 + e] = W[16p + c][k]   for k = s·run + 2·q + e, kp = s·⌈run/2⌉ + q
-//   (0 past N; kRunPadBits in a run's padding, below).
+//   (0 past N, except kColumnPadBits in a padding column's first pair's even element, as
+//   gemm.h's kColumnPadMark; kRunPadBits in a run's padding, below).
 // A pair row of a panel is 64 bytes, one cache line, like a float32 panel row.
 #pragma once
 
@@ -35,6 +36,9 @@ inline int64_t packed_numel_bf16(int64_t n, int64_t k, int64_t segments) {
 // the input's run, so results do not change; it tells a weight packed for an odd run from
 // one packed for the next even run, which have the same packed shape (run_padding_matches).
 constexpr uint16_t kRunPadBits = 0x7F7F;  // 3.39e38, the largest finite bf16
+// The mark of a padding column (past N; gemm.h kColumnPadMark), in its first pair row's even
+// element: the same value, in another slot.
+constexpr uint16_t kColumnPadBits = 0x7F7F;
 
 // w: (n, k) with row stride ldw; packed: packed_numel_bf16(n, k, segments) values.
 void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segments,
@@ -44,6 +48,9 @@ void pack_weight(const bf16* w, int64_t n, int64_t k, int64_t ldw, int64_t segme
 // by one per run (same shape): an odd run's padding slots hold kRunPadBits (all 16 columns
 // of the first panel are read), an even run has none.
 bool run_padding_matches(const bf16* packed, int64_t k, int64_t segments);
+
+// gemm.h's packed_out_features for a bf16 packed weight (`panel_numel` bf16 values a panel).
+int64_t packed_out_features(const bf16* packed, int64_t panels, int64_t panel_numel);
 
 // gemm.h's gemm_packed / mlp_packed / gemm_rows_* in bf16 (weights packed with segments = 1,
 // except gemm_rows_segments: one per segment, a convolution's kernel rows).

@@ -281,6 +281,22 @@ PYBIND11_MODULE(_C, m) {
       kw, py::arg("packed"), py::arg("k"), py::arg("segments") = 1,
       "Whether a bf16 packed weight was packed for K = k in `segments` runs, not for K one "
       "off per run (the same shape; gemm_bf16.h kRunPadBits).");
+  m.def(
+      "packed_out_features",
+      [](std::uintptr_t packed, int64_t panels, int64_t panel_numel, const std::string& dtype) {
+        if (panels < 1 || panel_numel < levit::kPanel)
+          throw py::value_error("packed_out_features: expected panels >= 1 and panel_numel >= " +
+                                std::to_string(levit::kPanel));
+        int64_t n = 0;
+        by_dtype(dtype, [&](auto tag) {
+          n = levit::packed_out_features(ptr<const decltype(tag)>(packed), panels, panel_numel);
+        });
+        return n;
+      },
+      kw, py::arg("packed"), py::arg("panels"), py::arg("panel_numel"),
+      py::arg("dtype") = "float32",
+      "The N a weight was packed for, read from the marks of its padding columns (N and N' "
+      "with as many panels give the same shape; gemm.h kColumnPadMark).");
   m.def("pack_weight", &pack_weight, release(), kw, py::arg("w"), py::arg("n"), py::arg("k"),
         py::arg("ldw"), py::arg("packed"), py::arg("nthreads"), py::arg("dtype") = "float32",
         py::arg("segments") = 1);

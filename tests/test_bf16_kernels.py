@@ -111,11 +111,13 @@ def test_denormal_results(every_isa):
 
 def _packed_reference(w, segments):
     """pack_weight's bf16 layout written from gemm_bf16.h's formula, independently: an odd
-    run's padding slot (every column) holds kRunPadBits, 0x7F7F, the largest finite bf16."""
+    run's padding slot (every column) holds kRunPadBits, 0x7F7F, the largest finite bf16, and
+    so does the first pair's even slot of every column past N (kColumnPadBits)."""
     n, k = w.shape
     run = k // segments
     pairs = (run + 1) // 2
     out = torch.zeros(-(-n // 16), segments * pairs, 16, 2, dtype=w.dtype)
+    out[-1, 0, n % 16 if n % 16 else 16:, 0] = torch.finfo(torch.bfloat16).max
     if run % 2:
         out[:, pairs - 1::pairs, :, 1] = torch.finfo(torch.bfloat16).max
     for col in range(n):

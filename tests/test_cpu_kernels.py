@@ -133,6 +133,20 @@ def test_linear_batched_and_noncontiguous(isa):
 
 
 @pytest.mark.linear
+@pytest.mark.parametrize("n,k", [(1, 1), (17, 5), (32, 3), (50, 70)])
+def test_pack_weight_layout(n, k):
+    """gemm.h's float32 layout, written independently: W[16p + c][k] at [p, k, c]; past N
+    zeros, except the first row of each padding column, which holds the largest float
+    (kColumnPadMark: it tells N from another N of as many panels)."""
+    w = torch.randn(n, k)
+    expected = torch.zeros(-(-n // 16), k, 16)
+    expected[-1, 0, n % 16 if n % 16 else 16:] = torch.finfo(torch.float32).max
+    for col in range(n):
+        expected[col // 16, :, col % 16] = w[col]
+    assert torch.equal(cpu.pack_weight(w), expected)
+
+
+@pytest.mark.linear
 def test_packed_weight_is_isa_independent():
     w = torch.randn(50, 70)
     x = torch.randn(33, 70)

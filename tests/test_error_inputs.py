@@ -716,6 +716,38 @@ def test_packed_ops_name_out_features_beyond_the_panels(out_features):
 
 
 @needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_packed, n_given", [(20, 19), (20, 21), (20, 32), (20, 17),
+                                               (16, 15), (1, 2)])
+def test_packed_weights_tell_n_from_another_n_of_as_many_panels(dtype, n_packed, n_given):
+    """N is padded to whole 16-column panels, so N = 20 and 17..32 pack to the same shape: the
+    wrong out_features used to drop columns of the weight, or return padding columns (zeros
+    plus the bias). Each padding column is marked; every packed op reads the marks."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    k = 6
+    pattern = rf"^(packed_weight|w1_packed|w2_packed|packed): was packed for {n_packed} output " \
+              rf"features, not for the {n_given} of"
+    with pytest.raises(ValueError, match=pattern):
+        ops.linear_packed(r(2, k), cpu.pack_weight(r(n_packed, k)), n_given)
+    with pytest.raises(ValueError, match=pattern):     # the hidden size comes from b1
+        ops.mlp_packed(r(2, k), cpu.pack_weight(r(n_packed, k)), r(n_given),
+                       cpu.pack_weight(r(k, n_given)), r(k))
+    with pytest.raises(ValueError, match=pattern):     # 1x1 conv: N = Cout
+        ops.conv2d_packed(r(1, 4, 4, k), cpu.pack_conv_weight(r(n_packed, k, 1, 1)), n_given,
+                          1, 1, 0)
+    with pytest.raises(ValueError, match=pattern):
+        cpu.linear_packed(r(2, k), cpu.pack_weight(r(n_packed, k)), n_given)
+    x, w = r(3, k), r(n_packed, k)      # the right N runs as before
+    torch.testing.assert_close(ops.linear_packed(x, cpu.pack_weight(w), n_packed).float(),
+                               reference.linear(x.double(), w.double()).float(),
+                               rtol=2e-2, atol=2e-2)
+
+
+@needs_extension
 def test_pack_weight_names_segments_past_int64():
     with pytest.raises(ValueError, match=r"^segments\b"):
         cpu.pack_weight(torch.randn(4, 6), 2 ** 64)

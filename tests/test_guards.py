@@ -173,8 +173,10 @@ def test_pack_weight_writes_exactly_its_panels(nthreads):
         panels, _, panel = packed_shape(n, k)
         C.pack_weight(w=w.ptr(), n=n, k=k, ldw=k + 2, packed=packed.ptr(), nthreads=nthreads)
         packed.assert_untouched_outside(f"pack_weight(n={n}, k={k})")
-        # packed[p, k, c] = W[PANEL·p + c, k], zero past N.
+        # packed[p, k, c] = W[PANEL·p + c, k]; past N zero, but the largest float in row 0
+        # (csrc/gemm.h kColumnPadMark).
         padded = torch.zeros(panels * panel, k)
+        padded[n:, 0] = torch.finfo(torch.float32).max
         padded[:n] = w.view
         expected = padded.view(panels, panel, k).transpose(1, 2)
         assert torch.equal(packed.view, expected), f"pack_weight(n={n}, k={k}): wrong layout"

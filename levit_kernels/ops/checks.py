@@ -234,6 +234,18 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
     if not packed.is_contiguous():
         _fail(ValueError, name, f"expected a contiguous tensor (as pack_weight returns it), "
                                 f"got strides {packed.stride()}")
+    if _has_values(packed):
+        # N and N' with as many panels give one shape; the padding columns' marks tell them
+        # apart (csrc/gemm.h kColumnPadMark). The kernels would drop columns of the weight or
+        # return padding ones.
+        marked = lib().packed_out_features(packed=packed.data_ptr(), panels=panels,
+                                           panel_numel=packed.numel() // panels,
+                                           dtype="bfloat16" if packed.dtype == torch.bfloat16
+                                           else "float32")
+        if marked != out_features:
+            _fail(ValueError, name, f"was packed for {marked} output features, not for the "
+                                    f"{out_features} of {out_name or 'this call'} (both give "
+                                    f"the shape {tuple(packed.shape)})")
     if packed.dtype == torch.bfloat16 and _has_values(packed) and not lib().run_padding_matches(
             packed=packed.data_ptr(), k=in_features, segments=segments):
         # K and K ± 1 per run give the same bf16 shape (runs are padded to pairs); the values

@@ -15,8 +15,10 @@ never copied: the attention kernel reads them through their strides. Threads: th
 `torch.get_num_threads()` threads, read at every call.
 
 Pre-packed weights: LeViT's weights are constants at inference, so `pack_weight` rearranges a
-(N, K) weight once into (ceil(N/PANEL), K, PANEL) zero-padded column panels (the layout does
-not depend on the ISA path, so a packed weight stays valid after `set_isa`), and
+(N, K) weight once into (ceil(N/PANEL), K, PANEL) column panels, padded past N with zeros
+and one mark per padding column that tells N from another N of as many panels (csrc/gemm.h
+kColumnPadMark; the layout does not depend on the ISA path, so a packed weight stays valid
+after `set_isa`), and
 `linear_packed`/`mlp_packed` use it directly. `linear`/`mlp` pack on every call.
 
 Dtypes: float32 and bfloat16, one per call (a mixed call is a TypeError naming the odd
@@ -178,7 +180,8 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor,
 
 # ---------------------------------------------------------------- linear / mlp
 def pack_weight(weight: torch.Tensor, segments: int = 1) -> torch.Tensor:
-    """Pack a (N, K) weight into zero-padded column panels, the same for every ISA path:
+    """Pack a (N, K) weight into column panels padded past N (zeros, and a mark in each
+    padding column's first row: csrc/gemm.h kColumnPadMark), the same for every ISA path:
     float32 (ceil(N/PANEL), K, PANEL); bfloat16 (ceil(N/PANEL), K pairs, PANEL, 2), K taken
     as `segments` runs each padded to pairs (1 for a linear layer; a conv's kernel rows).
     With segments > 1 the K (pair) rows are shaped (segments, rows per segment): the same

@@ -206,8 +206,9 @@ def linear_packed(x: Tensor, packed_weight: Tensor, out_features: int,
     """linear() with a weight packed once by levit_kernels.cpu.pack_weight (CPU only).
 
     out_features must be the N of the (N, K) weight that was packed: the layout pads N to
-    whole panels of 16 columns, so an N off by less than a panel cannot be told from the
-    packed tensor (its padding columns are zero)."""
+    whole panels of 16 columns, so N and N' of as many panels give the same shape; the
+    padding columns are marked (csrc/gemm.h kColumnPadMark), and another out_features is a
+    ValueError."""
     checks.check_activation(activation)
     return torch.ops.levit.linear_packed(x, packed_weight,
                                          checks.check_int(out_features, "out_features", 1), bias,
