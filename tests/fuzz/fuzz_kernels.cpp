@@ -305,9 +305,14 @@ bool check_pack(int nthreads) {
     for (int64_t kk = 0; kk < k; ++kk)
       for (int64_t c = 0; c < P; ++c) {
         const float got = packed.data()[(p * k + kk) * P + c];
-        const float want = p * P + c < n ? w.at(p * P + c, kk) : 0.0f;
+        // Past N: zeros, except the mark in each padding column's first row (gemm.h).
+        const float want = p * P + c < n ? w.at(p * P + c, kk)
+                           : kk == 0    ? std::numeric_limits<float>::max()
+                                        : 0.0f;
         if (!(got == want)) return fail("wrong packed layout");
       }
+  if (levit::packed_out_features(packed.data(), (n + P - 1) / P, k * P) != n)
+    return fail("packed_out_features does not read back N");
   return true;
 }
 
