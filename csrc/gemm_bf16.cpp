@@ -112,9 +112,10 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, in
                int64_t ldc) {
   const int64_t seg_pairs = (seg_k + 1) / 2, run_stride = 2 * seg_pairs;
   const int64_t panel_stride = nseg * seg_pairs * kPairWidth;
-  // A convolution's short kernel rows (the stem's first: 9 values) are copied into one K
-  // block when they fit, so the kernel sums them in registers and stores once, instead of
-  // passing float32 partial sums through `acc` after every row.
+  // A convolution's short kernel rows (the stem's first: 9 values) go to the kernel as one
+  // K block when they fit, so it sums them in registers and stores once, instead of passing
+  // float32 partial sums through `acc` after every row: kernels that multiply float32 get
+  // them widened and copied one after the other; vdpbf16ps reads them in place (nseg).
   const bool merged = nseg > 1 && nseg * run_stride <= kKc;
   const int64_t kc = merged ? nseg * run_stride : k_block(seg_k);
   const bool one_block = merged || (nseg == 1 && kc >= seg_k);
@@ -122,7 +123,7 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, in
   thread_local std::vector<bf16> a_copy;
   const int64_t ldacc = padded_stride(n), lda_copy = padded_stride(kc);
   if (!one_block && static_cast<int64_t>(acc.size()) < m * ldacc) acc.resize(m * ldacc);
-  const bool copy_a = !kern.widened_a && (merged || (aliasing_stride(lda) && m > 1));
+  const bool copy_a = !kern.widened_a && !merged && aliasing_stride(lda) && m > 1;
   if (kern.widened_a && static_cast<int64_t>(widened.size()) < m * lda_copy)
     widened.resize(m * lda_copy);
   if (copy_a && static_cast<int64_t>(a_copy.size()) < m * lda_copy) a_copy.resize(m * lda_copy);
@@ -131,16 +132,15 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, in
   g.m = m, g.panel_stride = panel_stride, g.n = n;
   g.acc = acc.data(), g.ldacc = ldacc, g.c = c + j0, g.ldc = ldc;
   g.bias = bias ? bias + j0 : nullptr, g.residual = residual ? residual + j0 : nullptr;
-  g.ldr = ldr, g.act = act;
+  g.ldr = ldr, g.act = act, g.nseg = 1, g.seg_stride = 0;
   if (merged) {
     if (kern.widened_a) {
       copy_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, widened.data(), lda_copy);
-      g.af = widened.data(), g.a = nullptr;
+      g.af = widened.data(), g.a = nullptr, g.lda = lda_copy, g.kc = kc;
     } else {
-      copy_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, a_copy.data(), lda_copy);
-      g.a = a_copy.data(), g.af = nullptr;
+      g.a = a, g.af = nullptr, g.lda = lda, g.kc = seg_k, g.nseg = nseg, g.seg_stride = seg_stride;
     }
-    g.lda = lda_copy, g.kc = kc, g.b = packed + (j0 / kPanel) * panel_stride;
+    g.b = packed + (j0 / kPanel) * panel_stride;
     g.first = g.last = true;
     kern.block(g);
     return;

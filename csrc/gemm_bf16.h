@@ -76,10 +76,14 @@ void gemm_rows_segments(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t
 // A is `a` (bf16) for native kernels, or `af`, the same block widened to float32 by the
 // driver, for kernels with widened_a (the multiply then is plain float32 FMA). `b` points at
 // the block's first pair row of the column block's first panel, panels panel_stride apart.
+// nseg > 1 (native kernels only: a convolution's kernel rows read in place): the block is
+// nseg runs of kc values, run s's A at a + s·seg_stride and its ⌈kc/2⌉ pair rows after run
+// s - 1's, all summed in registers.
 struct GemmBlockBf16 {
   const bf16* a;
   const float* af;
   int64_t lda, m, kc;  // lda: row stride of a or af, whichever the kernel reads
+  int64_t nseg, seg_stride;
   const bf16* b;
   int64_t panel_stride, n;
   float* acc;
