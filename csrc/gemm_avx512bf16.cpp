@@ -40,8 +40,8 @@ struct Native {
   // One run of 2·pairs (+ 1 if odd) values of A's rows: its pair rows bp[v] onwards.
   // always_inline: the accumulators must stay in registers across the call.
   template <class V, int MR, int NV>
-  [[gnu::always_inline]] static void run(__m512 (&acc)[MR][NV], const bf16* a, int64_t lda, int64_t pairs, bool odd,
-                  const bf16* const (&bp)[NV]) {
+  [[gnu::always_inline]] static void run(__m512 (&acc)[MR][NV], const bf16* a, int64_t lda,
+                                         int64_t pairs, bool odd, const bf16* const (&bp)[NV]) {
     for (int64_t q = 0; q < pairs; ++q) {
       __m512i bv[NV];
 #pragma GCC unroll 4

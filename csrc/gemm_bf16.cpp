@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -70,26 +69,20 @@ int64_t k_block(int64_t run) {
 // A 4 KiB multiple as row stride puts every A row of a tile in one L1 set (see gemm.cpp).
 bool aliasing_stride(int64_t ld) { return ld % 2048 == 0; }
 
-template <class D>
-D widen_or_copy(bf16 x) {
-  if constexpr (std::is_same_v<D, bf16>) return x;
-  else return to_float(x);
-}
-
-// A's runs of one row block copied one after the other, each padded to whole pairs with a
-// 0 (the packed weight's pair rows follow the same runs), widened to float32 for the kernels
-// that multiply float32: one K block of nseg·run_stride values.
-// kRun > 0: runs of exactly kRun values, a length known at compile time (see copy_runs).
-template <int64_t kRun, class D>
-void copy_runs_of(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k, int64_t lda,
-                  int64_t m, int64_t run_stride, D* dst, int64_t ld) {
+// A's runs of one row block widened to float32 one after the other, each padded to whole
+// pairs with a 0 (the packed weight's pair rows follow the same runs), for the kernels that
+// multiply float32: one K block of nseg·run_stride values. (vdpbf16ps reads runs in place.)
+// kRun > 0: runs of exactly kRun values, a length known at compile time (see widen_runs).
+template <int64_t kRun>
+void widen_runs_of(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k, int64_t lda,
+                   int64_t m, int64_t run_stride, float* dst, int64_t ld) {
   const int64_t run = kRun > 0 ? kRun : seg_k;
   for (int64_t i = 0; i < m; ++i)
     for (int64_t s = 0; s < nseg; ++s) {
       const bf16* src = a + s * seg_stride + i * lda;
-      D* d = dst + i * ld + s * run_stride;
-      for (int64_t k = 0; k < run; ++k) d[k] = widen_or_copy<D>(src[k]);
-      if (run_stride > run) d[run] = from_float<D>(0.0f);
+      float* d = dst + i * ld + s * run_stride;
+      for (int64_t k = 0; k < run; ++k) d[k] = to_float(src[k]);
+      if (run_stride > run) d[run] = 0.0f;
     }
 }
 
@@ -97,11 +90,10 @@ void copy_runs_of(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k
 // with more set-up than copying; at that length the copy is fixed-size, unrolled code: the
 // first stem convolution 1.22-1.26x faster in bf16 on AVX2 (Zen 3, in-process A/B;
 // benchmarks/results/zen3_2026-12-01/pad_rgb/runs.txt).
-template <class D>
-void copy_runs(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k, int64_t lda,
-               int64_t m, int64_t run_stride, D* dst, int64_t ld) {
-  if (seg_k == 9) copy_runs_of<9>(a, seg_stride, nseg, seg_k, lda, m, run_stride, dst, ld);
-  else copy_runs_of<0>(a, seg_stride, nseg, seg_k, lda, m, run_stride, dst, ld);
+void widen_runs(const bf16* a, int64_t seg_stride, int64_t nseg, int64_t seg_k, int64_t lda,
+                int64_t m, int64_t run_stride, float* dst, int64_t ld) {
+  if (seg_k == 9) widen_runs_of<9>(a, seg_stride, nseg, seg_k, lda, m, run_stride, dst, ld);
+  else widen_runs_of<0>(a, seg_stride, nseg, seg_k, lda, m, run_stride, dst, ld);
 }
 
 // C[0:m, j0:j0+n] for one task: A as `nseg` runs of seg_k values (a + s·seg_stride, row
@@ -135,10 +127,11 @@ void gemm_task(const GemmKernelBf16& kern, const bf16* a, int64_t seg_stride, in
   g.ldr = ldr, g.act = act, g.nseg = 1, g.seg_stride = 0;
   if (merged) {
     if (kern.widened_a) {
-      copy_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, widened.data(), lda_copy);
+      widen_runs(a, seg_stride, nseg, seg_k, lda, m, run_stride, widened.data(), lda_copy);
       g.af = widened.data(), g.a = nullptr, g.lda = lda_copy, g.kc = kc;
     } else {
-      g.a = a, g.af = nullptr, g.lda = lda, g.kc = seg_k, g.nseg = nseg, g.seg_stride = seg_stride;
+      g.a = a, g.af = nullptr, g.lda = lda, g.kc = seg_k;
+      g.nseg = nseg, g.seg_stride = seg_stride;
     }
     g.b = packed + (j0 / kPanel) * panel_stride;
     g.first = g.last = true;
