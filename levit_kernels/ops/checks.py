@@ -234,7 +234,8 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
     if not packed.is_contiguous():
         _fail(ValueError, name, f"expected a contiguous tensor (as pack_weight returns it), "
                                 f"got strides {packed.stride()}")
-    if _has_values(packed):
+    readable = _has_values(packed)
+    if readable:
         # N and N' with as many panels give one shape; the padding columns' marks tell them
         # apart (csrc/gemm.h kColumnPadMark). The kernels would drop columns of the weight or
         # return padding ones.
@@ -246,7 +247,7 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
             _fail(ValueError, name, f"was packed for {marked} output features, not for the "
                                     f"{out_features} of {out_name or 'this call'} (both give "
                                     f"the shape {tuple(packed.shape)})")
-    if packed.dtype == torch.bfloat16 and _has_values(packed) and not lib().run_padding_matches(
+    if packed.dtype == torch.bfloat16 and readable and not lib().run_padding_matches(
             packed=packed.data_ptr(), k=in_features, segments=segments):
         # K and K ± 1 per run give the same bf16 shape (runs are padded to pairs); the values
         # tell them apart (csrc/gemm_bf16.h kRunPadBits). The kernels would drop a column
