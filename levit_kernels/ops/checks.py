@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .extension import PANEL, lib, packed_shape, unavailable_reason
+from .extension import KERNEL_DTYPES, PANEL, lib, packed_shape, unavailable_reason
 from .reference import ACTIVATIONS
 
 CPU_DTYPES = (torch.float32, torch.bfloat16)
@@ -241,8 +241,7 @@ def check_packed(packed, name: str, out_features, in_features: int, segments: in
         # return padding ones.
         marked = lib().packed_out_features(packed=packed.data_ptr(), panels=panels,
                                            panel_numel=packed.numel() // panels,
-                                           dtype="bfloat16" if packed.dtype == torch.bfloat16
-                                           else "float32")
+                                           dtype=KERNEL_DTYPES[packed.dtype])
         if marked != out_features:
             _fail(ValueError, name, f"was packed for {marked} output features, not for the "
                                     f"{out_features} of {out_name or 'this call'} (both give "
