@@ -70,6 +70,7 @@ void generic_task(const AttnArgsT<T>& a, const AttnTask& cur, const AttnTask*) {
 
 AttnKernel select_kernel(const AttnArgsT<float>&) {
   switch (active_isa()) {
+    case Isa::amx_bf16:
     case Isa::avx512_bf16:
     case Isa::avx512: return attention_kernel_avx512();
     case Isa::avx2: return attention_kernel_avx2();
@@ -80,6 +81,7 @@ AttnKernel select_kernel(const AttnArgsT<float>&) {
 // The bf16 entries of the per-dtype kernel table (gemm_bf16.cpp has the GEMM's).
 AttnKernelT<bf16> select_kernel(const AttnArgsT<bf16>&) {
   switch (active_isa()) {
+    case Isa::amx_bf16:  // attention's small products stay on vdpbf16ps
     case Isa::avx512_bf16: return attention_kernel_bf16_avx512bf16();
     case Isa::avx512: return attention_kernel_bf16_avx512();
     case Isa::avx2: return attention_kernel_bf16_avx2();

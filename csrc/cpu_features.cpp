@@ -13,6 +13,10 @@
 #include <cpuid.h>
 #define LEVIT_X86 1
 #endif
+#if defined(LEVIT_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace levit {
 namespace {
@@ -21,6 +25,7 @@ struct Features {
   bool avx2 = false;
   bool avx512 = false;
   bool avx512_bf16 = false;
+  bool amx_bf16 = false;
 };
 
 #ifdef LEVIT_X86
@@ -28,6 +33,18 @@ uint64_t xgetbv0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (uint64_t(hi) << 32) | lo;
+}
+
+// Linux hands AMX's 8 KiB of tile data to a process only on request (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XTILEDATA, kernel 5.16+); until then a tile instruction faults. The
+// permission is the whole process's, so asking once covers every thread, the pool's included.
+bool amx_permitted() {
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 #endif
 
@@ -44,6 +61,8 @@ Features detect() {
   if (__get_cpuid_max(0, nullptr) < 7) return f;
   __cpuid_count(7, 0, a, b, c, d);
   const unsigned max_subleaf = a;
+  const bool amx_tile = d & (1u << 24), amx_bf16 = d & (1u << 22);
+  const bool tiles_saved = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
   const bool avx2 = b & (1u << 5);
   const bool avx512f = b & (1u << 16), avx512dq = b & (1u << 17);
   const bool avx512bw = b & (1u << 30), avx512vl = b & (1u << 31);
@@ -53,10 +72,12 @@ Features detect() {
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // leaf 7 subleaf 1 EAX bit 5: AVX512_BF16
   }
+  // The AMX path also runs the AVX512_BF16 kernels (row tails, attention).
+  f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && tiles_saved && amx_permitted();
 #endif
 #if defined(LEVIT_EMULATE_AVX512)
   // Test build (avx512_emulation.h): the AVX-512 files are portable code compiled for AVX2.
-  f.avx512 = f.avx512_bf16 = f.avx2;
+  f.avx512 = f.avx512_bf16 = f.amx_bf16 = f.avx2;
 #endif
   return f;
 }
@@ -67,6 +88,7 @@ const Features& features() {
 }
 
 Isa best_isa() {
+  if (features().amx_bf16) return Isa::amx_bf16;
   if (features().avx512_bf16) return Isa::avx512_bf16;
   if (features().avx512) return Isa::avx512;
   if (features().avx2) return Isa::avx2;
@@ -91,8 +113,8 @@ Isa initial_isa() {
   const std::string value = std::string("LEVIT_CPU_ISA=") + env;
   Isa want;
   if (!isa_from_name(env, &want)) {
-    warning() = value + " is not one of generic|avx2|avx512|avx512_bf16: ignored, using " +
-                isa_name(best);
+    warning() = value + " is not one of generic|avx2|avx512|avx512_bf16|amx_bf16: ignored, " +
+                "using " + isa_name(best);
     note() = warning();
     return best;
   }
@@ -115,6 +137,7 @@ std::atomic<int>& active() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::amx_bf16: return "amx_bf16";
     case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
@@ -128,7 +151,7 @@ bool isa_from_name(const std::string& name, Isa* out) {
     if (std::isspace(static_cast<unsigned char>(ch))) continue;
     key += ch == '-' ? '_' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   }
-  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx_bf16}) {
     if (key == isa_name(isa)) {
       *out = isa;
       return true;
@@ -139,6 +162,7 @@ bool isa_from_name(const std::string& name, Isa* out) {
 
 bool cpu_supports(Isa isa) {
   switch (isa) {
+    case Isa::amx_bf16: return features().amx_bf16;
     case Isa::avx512_bf16: return features().avx512_bf16;
     case Isa::avx512: return features().avx512;
     case Isa::avx2: return features().avx2;
@@ -148,7 +172,7 @@ bool cpu_supports(Isa isa) {
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (Isa i : {Isa::avx512_bf16, Isa::avx512, Isa::avx2, Isa::generic})
+  for (Isa i : {Isa::amx_bf16, Isa::avx512_bf16, Isa::avx512, Isa::avx2, Isa::generic})
     if (cpu_supports(i)) out.push_back(isa_name(i));
   return out;
 }
@@ -169,7 +193,8 @@ const std::string& isa_note() {
 
 const char* isa_emulation() {
 #if defined(LEVIT_EMULATE_AVX512)
-  return "AVX-512 and AVX512_BF16 emulated by SIMDe on AVX2 (a test build, not for speed)";
+  return "AVX-512 and AVX512_BF16 emulated by SIMDe, AMX tiles by plain C++, on AVX2 (a test "
+         "build, not for speed)";
 #else
   return "";
 #endif

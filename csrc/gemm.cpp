@@ -70,7 +70,8 @@ void generic_block(const GemmBlock& g) {
 
 GemmKernel select_kernel() {
   switch (active_isa()) {
-    case Isa::avx512_bf16:  // float32 runs the AVX-512 kernel there
+    case Isa::amx_bf16:     // float32 runs the AVX-512 kernel there
+    case Isa::avx512_bf16:
     case Isa::avx512: return gemm_kernel_avx512();
     case Isa::avx2: return gemm_kernel_avx2();
     default: return gemm_kernel_generic();
@@ -150,6 +151,7 @@ int64_t padded_stride(int64_t cols) {
 
 const char* float32_path() {
   switch (active_isa()) {
+    case Isa::amx_bf16: return "amx_bf16: AVX-512 FMA (the avx512 float32 kernels)";
     case Isa::avx512_bf16: return "avx512_bf16: AVX-512 FMA (the avx512 float32 kernels)";
     case Isa::avx512: return "avx512: AVX-512 FMA";
     case Isa::avx2: return "avx2: AVX2 FMA";

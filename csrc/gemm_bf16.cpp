@@ -171,6 +171,7 @@ GemmKernelBf16 gemm_kernel_bf16_generic() {
 
 GemmKernelBf16 gemm_kernel_bf16() {
   switch (active_isa()) {
+    case Isa::amx_bf16: return gemm_kernel_bf16_amx();
     case Isa::avx512_bf16: return gemm_kernel_bf16_avx512bf16();
     case Isa::avx512: return gemm_kernel_bf16_avx512();
     case Isa::avx2: return gemm_kernel_bf16_avx2();

@@ -105,12 +105,12 @@ struct GemmKernelBf16 {
   const char* how;  // what this path does, for levit_kernels.info()
 };
 
-// The kernel table, one entry per ISA path. An AMX-BF16 tile path would be one more Isa, one
-// more file and one more case in gemm_kernel_bf16(); callers only ever call that.
+// The kernel table, one entry per ISA path; callers only ever call gemm_kernel_bf16().
 GemmKernelBf16 gemm_kernel_bf16_generic();
 GemmKernelBf16 gemm_kernel_bf16_avx2();
 GemmKernelBf16 gemm_kernel_bf16_avx512();
 GemmKernelBf16 gemm_kernel_bf16_avx512bf16();
+GemmKernelBf16 gemm_kernel_bf16_amx();
 GemmKernelBf16 gemm_kernel_bf16();  // the active ISA's entry
 // "<isa>: <how>" of the active bf16 path (levit_kernels.info()).
 const char* bf16_path();

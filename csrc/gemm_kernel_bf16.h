@@ -73,6 +73,31 @@ struct Widened {
   }
 };
 
+// One vector x of a tile's sums, C[row, col:col+W] (`whole`, else its first `valid` columns):
+// add the partial sums of earlier K blocks, then keep the total for the next block (not last)
+// or apply the epilogue and round to bf16 (last). Shared by the register tiles below and the
+// AMX kernel, which stores its tiles to memory first.
+template <class V>
+[[gnu::always_inline]] inline void finish_vector(const GemmBlockBf16& g, int64_t row, int64_t col,
+                                                 typename V::vec x, bool whole, int64_t valid) {
+  float* ap = g.acc + row * g.ldacc + col;
+  if (!g.first) x = V::add(x, whole ? V::load(ap) : V::load(ap, V::tail(valid)));
+  if (!g.last) {
+    if (whole) V::store(ap, x);
+    else V::store(ap, x, V::tail(valid));
+    return;
+  }
+  if (g.bias) x = V::add(x, whole ? V::load_bf16(g.bias + col) : V::load_bf16(g.bias + col, valid));
+  if (g.act == kActHardswish) x = hardswish<V>(x);
+  if (g.residual) {
+    const bf16* rp = g.residual + row * g.ldr + col;
+    x = V::add(x, whole ? V::load_bf16(rp) : V::load_bf16(rp, valid));
+  }
+  bf16* cp = g.c + row * g.ldc + col;
+  if (whole) V::store_bf16(cp, x);
+  else V::store_bf16(cp, x, valid);
+}
+
 template <class V, class K, int MR, int NV>
 inline void tile_bf16(const GemmBlockBf16& g, int64_t i, int64_t j, const bf16* b,
                       int64_t ncols) {
@@ -90,26 +115,9 @@ inline void tile_bf16(const GemmBlockBf16& g, int64_t i, int64_t j, const bf16* 
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      const int64_t col = j + v * W, valid = ncols - v * W;
+      const int64_t valid = ncols - v * W;
       if (valid <= 0) continue;
-      const bool whole = full || valid >= W;
-      vec x = acc[r][v];
-      float* ap = g.acc + (i + r) * g.ldacc + col;
-      if (!g.first) x = V::add(x, whole ? V::load(ap) : V::load(ap, V::tail(valid)));
-      if (!g.last) {
-        if (whole) V::store(ap, x);
-        else V::store(ap, x, V::tail(valid));
-        continue;
-      }
-      if (g.bias) x = V::add(x, whole ? V::load_bf16(g.bias + col) : V::load_bf16(g.bias + col, valid));
-      if (g.act == kActHardswish) x = hardswish<V>(x);
-      if (g.residual) {
-        const bf16* rp = g.residual + (i + r) * g.ldr + col;
-        x = V::add(x, whole ? V::load_bf16(rp) : V::load_bf16(rp, valid));
-      }
-      bf16* cp = g.c + (i + r) * g.ldc + col;
-      if (whole) V::store_bf16(cp, x);
-      else V::store_bf16(cp, x, valid);
+      finish_vector<V>(g, i + r, j + v * W, acc[r][v], full || valid >= W, valid);
     }
   }
 }

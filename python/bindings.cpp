@@ -45,8 +45,9 @@ void by_dtype(const std::string& dtype, F&& f) {
 void set_isa(const std::string& name) {
   levit::Isa isa;
   if (!levit::isa_from_name(name, &isa))
-    throw py::value_error("isa must be one of 'generic', 'avx2', 'avx512', 'avx512_bf16', got '" +
-                          name + "'");
+    throw py::value_error(
+        "isa must be one of 'generic', 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16', got '" + name +
+        "'");
   if (!levit::set_isa(isa))
     throw py::value_error("this CPU does not support the '" + name + "' path");
 }
@@ -225,8 +226,8 @@ PYBIND11_MODULE(_C, m) {
   const auto kw = py::kw_only();
 
   m.def("isa", [] { return std::string(levit::isa_name(levit::active_isa())); },
-        "The instruction-set path the kernels use now: 'avx512_bf16', 'avx512', 'avx2' or "
-        "'generic'.");
+        "The instruction-set path the kernels use now: 'amx_bf16', 'avx512_bf16', 'avx512', "
+        "'avx2' or 'generic'.");
   m.def("isa_note", [] { return levit::isa_note(); }, "Why the active path was chosen.");
   m.def("isa_warning", [] { return levit::isa_warning(); },
         "Why LEVIT_CPU_ISA was not honoured ('' when it was, or is unset).");

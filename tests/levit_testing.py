@@ -132,7 +132,7 @@ def isa(request):
 
 # Every path the package has, for tests that must say which ones this machine cannot run:
 # a path the CPU lacks is skipped with the reason, never silently left out.
-ALL_ISAS = ("generic", "avx2", "avx512", "avx512_bf16")
+ALL_ISAS = ("generic", "avx2", "avx512", "avx512_bf16", "amx_bf16")
 
 
 @pytest.fixture(params=ALL_ISAS)

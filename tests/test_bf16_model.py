@@ -168,7 +168,7 @@ def test_levit_cpu_isa_values():
         isa, note, warning = _choice_under(value)
         assert isa == available[0] and note == warning
         assert warning.startswith(f"LEVIT_CPU_ISA={value} is not one of generic|avx2|")
-    missing = [n for n in ("avx512_bf16", "avx512", "avx2") if n not in available]
+    missing = [n for n in ("amx_bf16", "avx512_bf16", "avx512", "avx2") if n not in available]
     for name in missing:                                 # unsupported here: the best, and why
         isa, note, warning = _choice_under(name.upper().replace("_", "-"))
         assert isa == available[0] and "lacks " + name in warning and note == warning
@@ -189,5 +189,5 @@ def test_info_names_both_paths(capsys):
     assert facts["cpu bfloat16 path"].startswith(cpu.isa() + ":")
     assert facts["cpu float32 path"].startswith(cpu.isa() + ":")
     assert facts["cpu isa chosen by"] == cpu.isa_note()
-    if cpu.isa() != "avx512_bf16":
+    if cpu.isa() not in ("avx512_bf16", "amx_bf16"):
         assert "widened to float32" in facts["cpu bfloat16 path"]

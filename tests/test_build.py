@@ -23,7 +23,7 @@ def test_extension_is_built():
 def test_cpu_module_reports_available():
     from levit_kernels import cpu
     assert cpu.is_available()
-    assert cpu.isa() in ("avx512_bf16", "avx512", "avx2", "generic")
+    assert cpu.isa() in ("amx_bf16", "avx512_bf16", "avx512", "avx2", "generic")
 
 
 def test_package_metadata():

@@ -44,7 +44,7 @@ def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-ALL_ISAS = ("avx512_bf16", "avx512", "avx2", "generic")
+ALL_ISAS = ("amx_bf16", "avx512_bf16", "avx512", "avx2", "generic")
 SIMDE_HEADER = Path("simde/x86/avx512/dpbf16.h")
 
 
@@ -101,6 +101,8 @@ def fuzz_run(tmp_path_factory):
     if "avx512f" in flags:   # the real instructions run; nothing to emulate
         if "avx512_bf16" not in flags:
             uncovered = "this CPU has AVX-512 without AVX512_BF16, and emulation would replace its real avx512 path"
+        elif "amx_bf16" not in flags:
+            uncovered = "this CPU has AVX512_BF16 without AMX-BF16, and emulation would replace its real AVX-512 paths"
     elif not {"avx2", "fma"} <= flags:
         uncovered = "this CPU lacks AVX2 + FMA, which the emulated AVX-512 build compiles for"
     else:

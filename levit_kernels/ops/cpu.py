@@ -57,7 +57,7 @@ MAX_SIDE = 2 ** 31 - 1
 
 # ---------------------------------------------------------------- ISA switch
 def isa() -> str:
-    """The active CPU path: 'avx512_bf16', 'avx512', 'avx2' or 'generic'."""
+    """The active CPU path: 'amx_bf16', 'avx512_bf16', 'avx512', 'avx2' or 'generic'."""
     return _lib().isa()
 
 
@@ -74,7 +74,7 @@ def float32_path() -> str:
 
 def bf16_path() -> str:
     """What the bfloat16 kernels run on the active path, e.g. 'avx2: bf16 widened to float32,
-    AVX2 FMA ...' or 'avx512_bf16: vdpbf16ps ...'."""
+    AVX2 FMA ...', 'avx512_bf16: vdpbf16ps ...' or 'amx_bf16: AMX tiles ...'."""
     return _lib().bf16_path()
 
 
