@@ -10,7 +10,7 @@
 // T is float or bf16 (bf16.h) for q, k, v, bias and out alike. bf16 inputs are widened to
 // float32 as they are copied into the kernel's buffers (Kᵀ, packed V, the q block), scores,
 // softmax and P·V run in float32 as for float inputs, and each output is rounded to bf16 once.
-// On AVX512_BF16 the scores and P·V multiply bf16 pairs instead (vdpbf16ps, float32
+// On the avx512_bf16 path the scores and P·V multiply bf16 pairs instead (vdpbf16ps, float32
 // accumulation), the unnormalised probabilities rounded to bf16 for it, as PyTorch's bf16
 // softmax rounds its output.
 #pragma once
@@ -60,8 +60,9 @@ using AttnKernel = AttnKernelT<float>;
 AttnKernel attention_kernel_generic();
 AttnKernel attention_kernel_avx2();
 AttnKernel attention_kernel_avx512();
-// bf16: float32 FMAs on widened inputs, except on the avx512_bf16 path, whose scores and
-// P·V are vdpbf16ps dot products (attention_avx512bf16.cpp)
+// bf16: float32 FMAs on widened inputs (the amx_bf16 path too: see attention.cpp), except on
+// the avx512_bf16 path, whose scores and P·V are vdpbf16ps dot products
+// (attention_avx512bf16.cpp)
 AttnKernelT<bf16> attention_kernel_bf16_generic();
 AttnKernelT<bf16> attention_kernel_bf16_avx2();
 AttnKernelT<bf16> attention_kernel_bf16_avx512();
