@@ -81,11 +81,8 @@ AttnKernel select_kernel(const AttnArgsT<float>&) {
 // The bf16 entries of the per-dtype kernel table (gemm_bf16.cpp has the GEMM's).
 AttnKernelT<bf16> select_kernel(const AttnArgsT<bf16>&) {
   switch (active_isa()) {
+    case Isa::amx_bf16: return attention_kernel_bf16_amx();
     case Isa::avx512_bf16: return attention_kernel_bf16_avx512bf16();
-    // amx_bf16: widened to float32 FMAs, 1.1-1.6x faster than vdpbf16ps on the Xeon with AMX
-    // measured (family 6 model 207, LeViT-256's attention shapes at batch 16; the GEMMs were
-    // slower on vdpbf16ps there too), whose zmm vdpbf16ps does not outrun its two FMA ports.
-    case Isa::amx_bf16:
     case Isa::avx512: return attention_kernel_bf16_avx512();
     case Isa::avx2: return attention_kernel_bf16_avx2();
     default: return attention_kernel_bf16_generic();

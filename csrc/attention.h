@@ -67,5 +67,6 @@ AttnKernelT<bf16> attention_kernel_bf16_generic();
 AttnKernelT<bf16> attention_kernel_bf16_avx2();
 AttnKernelT<bf16> attention_kernel_bf16_avx512();
 AttnKernelT<bf16> attention_kernel_bf16_avx512bf16();
+AttnKernelT<bf16> attention_kernel_bf16_amx();  // Q·Kᵀ and P·V on AMX tiles
 
 }  // namespace levit

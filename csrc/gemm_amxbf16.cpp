@@ -34,69 +34,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "gemm_kernel_bf16.h"
 
-#if defined(LEVIT_EMULATE_AVX512)
-#include "amx_emulation.h"  // test builds: the tile instructions in plain C++
-#else
-namespace levit {
-namespace {
-namespace amx {
-// The intrinsics take the tile number as an immediate: one instantiation per tile.
-struct Config {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-inline void configure(const Config& cfg) { _tile_loadconfig(&cfg); }
-// GCC's tile intrinsics paste their tile number into the assembly text, so each needs a
-// literal: one specialization per tile (and per product) the kernel uses.
-template <int T> void zero();
-template <int T> void load(const void* p, int64_t stride);
-template <int T> void store(void* p, int64_t stride);
-template <int C, int A, int B> void dot();
-#define LEVIT_AMX_TILE(T)                                                                  \
-  template <> inline void zero<T>() { _tile_zero(T); }                                     \
-  template <> inline void load<T>(const void* p, int64_t stride) { _tile_loadd(T, p, stride); } \
-  template <> inline void store<T>(void* p, int64_t stride) { _tile_stored(T, p, stride); }
-LEVIT_AMX_TILE(0)
-LEVIT_AMX_TILE(1)
-LEVIT_AMX_TILE(2)
-LEVIT_AMX_TILE(3)
-LEVIT_AMX_TILE(4)
-LEVIT_AMX_TILE(5)
-LEVIT_AMX_TILE(6)
-LEVIT_AMX_TILE(7)
-#undef LEVIT_AMX_TILE
-template <> inline void dot<0, 4, 6>() { _tile_dpbf16ps(0, 4, 6); }
-template <> inline void dot<1, 4, 7>() { _tile_dpbf16ps(1, 4, 7); }
-template <> inline void dot<2, 5, 6>() { _tile_dpbf16ps(2, 5, 6); }
-template <> inline void dot<3, 5, 7>() { _tile_dpbf16ps(3, 5, 7); }
-}  // namespace amx
-}  // namespace
-}  // namespace levit
-#endif
-
 namespace levit {
 namespace {
 
-constexpr int kTileRows = 16;      // rows of an A or C tile, pair rows of a B tile
-constexpr int64_t kTileK = 32;     // k of one tdpbf16ps: 16 pairs, a 64-byte A tile row
-constexpr int64_t kTileBytes = 64;
 constexpr int64_t kChunkW = kTileRows * kPairWidth;  // values of one panel's chunk of W
-
-// C tiles 0-3 and A tiles 4-5 of `rows` rows (16, or a row tail), B tiles 6-7 of 16 pair
-// rows, all 64 bytes wide (palette 1). Loaded at the start of every block, as other code on
-// this thread (oneDNN inside PyTorch, say) may have configured the tiles its own way.
-void configure_tiles(int rows) {
-  amx::Config cfg{};
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = kTileBytes;
-    cfg.rows[t] = t < 6 ? rows : kTileRows;
-  }
-  amx::configure(cfg);
-}
 
 // The block's K as chunks of 32 values: the first `in_place` of them read from A where it
 // lies, the rest from `copy` (zero-padded, ldcopy values a row, rows 64-byte aligned); W's
@@ -169,35 +113,20 @@ void prepare(const GemmBlockBf16& g, int64_t panels, Operands& op) {
 // tiles, then the epilogue on the valid columns.
 template <int NA, int NB>
 void group(const GemmBlockBf16& g, int64_t i, int rows, int64_t p, const Operands& op) {
-  amx::zero<0>();
-  if constexpr (NB == 2) amx::zero<1>();
-  if constexpr (NA == 2) amx::zero<2>();
-  if constexpr (NA == 2 && NB == 2) amx::zero<3>();
-  for (int64_t q = 0; q < op.chunks; ++q) {
-    const bool a_here = q < op.in_place;
-    const bf16* a = a_here ? g.a + i * g.lda + q * kTileK
-                           : op.copy + i * op.ldcopy + (q - op.in_place) * kTileK;
-    const int64_t lda = a_here ? g.lda : op.ldcopy;  // values
-    const bool w_here = q < op.w_in_place;
-    const bf16* b = w_here ? g.b + p * g.panel_stride + q * kChunkW : op.w_tail.data() + p * kChunkW;
-    const int64_t panel = w_here ? g.panel_stride : kChunkW;
-    amx::load<4>(a, 2 * lda);
-    amx::load<6>(b, kTileBytes);
-    if constexpr (NB == 2) amx::load<7>(b + panel, kTileBytes);
-    amx::dot<0, 4, 6>();
-    if constexpr (NB == 2) amx::dot<1, 4, 7>();
-    if constexpr (NA == 2) {
-      amx::load<5>(a + kTileRows * lda, 2 * lda);
-      amx::dot<2, 5, 6>();
-      if constexpr (NB == 2) amx::dot<3, 5, 7>();
-    }
-  }
   alignas(64) float sums[2 * kTileRows][2 * kPanel];
-  constexpr int64_t ld = sizeof(sums[0]);
-  amx::store<0>(&sums[0][0], ld);
-  if constexpr (NB == 2) amx::store<1>(&sums[0][kPanel], ld);
-  if constexpr (NA == 2) amx::store<2>(&sums[kTileRows][0], ld);
-  if constexpr (NA == 2 && NB == 2) amx::store<3>(&sums[kTileRows][kPanel], ld);
+  tile_product<NA, NB>(
+      op.chunks,
+      [&](int64_t q) -> TileOperand {
+        if (q < op.in_place) return {g.a + i * g.lda + q * kTileK, 2 * g.lda, kTileRows * 2 * g.lda};
+        return {op.copy + i * op.ldcopy + (q - op.in_place) * kTileK, 2 * op.ldcopy,
+                kTileRows * 2 * op.ldcopy};
+      },
+      [&](int64_t q) -> TileOperand {
+        if (q < op.w_in_place)
+          return {g.b + p * g.panel_stride + q * kChunkW, kTileBytes, 2 * g.panel_stride};
+        return {op.w_tail.data() + p * kChunkW, kTileBytes, 2 * kChunkW};
+      },
+      &sums[0][0], sizeof(sums[0]));
   for (int r = 0; r < rows; ++r)
     for (int v = 0; v < NB; ++v) {
       const int64_t col = (p + v) * kPanel, valid = g.n - col;
