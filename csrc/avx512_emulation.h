@@ -79,6 +79,18 @@ inline void mask_storeu_epi16(void* p, simde__mmask16 k, simde__m256i a) {
   masked_store<uint16_t>(p, k, a);
 }
 
+// vmovdqu16 with merge masking, 32 lanes (the AMX kernel's row copies): the lanes k selects
+// read from p, the others kept from src; unselected lanes are not read at all.
+inline simde__m512i mask_loadu_epi16(simde__m512i src, simde__mmask32 k, const void* p) {
+  uint16_t v[32];
+  std::memcpy(v, &src, sizeof v);
+  for (int i = 0; i < 32; ++i)
+    if ((k >> i) & 1) std::memcpy(&v[i], static_cast<const char*>(p) + 2 * i, 2);
+  simde__m512i r;
+  std::memcpy(&r, v, sizeof r);
+  return r;
+}
+
 // Each of 16 lanes converted from In to Out (truncation or zero extension, by the types).
 template <class Out, class In, class Result, class Arg>
 Result convert_lanes(Arg a) {
@@ -134,6 +146,8 @@ inline simde__m256i cvtneps_pbh(simde__m512 a) {
 #define _mm256_maskz_loadu_epi16 levit_emulation::maskz_loadu_epi16
 #undef _mm256_mask_storeu_epi16
 #define _mm256_mask_storeu_epi16 levit_emulation::mask_storeu_epi16
+#undef _mm512_mask_loadu_epi16
+#define _mm512_mask_loadu_epi16 levit_emulation::mask_loadu_epi16
 #undef _mm512_cvtepi32_epi16
 #define _mm512_cvtepi32_epi16 levit_emulation::cvtepi32_epi16
 #undef _mm512_cvtepu16_epi32
