@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import cpu_bf16_bar  # noqa: E402
 
 NATIVE = "avx512_bf16: vdpbf16ps (AVX512_BF16 dot products, float32 accumulation)"
+AMX = "amx_bf16: AMX tiles (tdpbf16ps, float32 accumulation)"
 
 
 def report(batch=16, path=NATIVE, extension="built", fused=200.0, fused_f32=110.0,
@@ -57,6 +58,12 @@ def test_bar_met_and_missed():
                                  cpu_bf16_bar.judge(report(fused=100.0))]) is False
 
 
+def test_the_amx_path_is_judged_like_vdpbf16ps():
+    """AMX tiles are bf16 instructions too: the bar judges them, met or not."""
+    assert mets(report(path=AMX)) == {"speed": True, "vs f32": True, "accuracy": True}
+    assert mets(report(path=AMX, fused=150.0))["speed"] is False
+
+
 def test_a_frozen_snapshot_is_reported_beside_the_verdict_not_judged():
     """The bar judges LeViT(fused=True); freeze()'s ratio is printed, and changes nothing."""
     rep = report(fused=100.0, frozen=180.0)
@@ -74,6 +81,7 @@ def test_batch_one_has_no_float32_criterion():
     ("avx2: bf16 widened to float32, AVX2 FMA", "built"),
     ("avx512: bf16 widened to float32, AVX-512 FMA", "built"),
     (NATIVE, "built, TEST BUILD: AVX-512 and AVX512_BF16 emulated (SIMDe)"),
+    (AMX, "built, TEST BUILD: AVX-512 and AVX512_BF16 emulated (SIMDe), AMX tiles by plain C++"),
 ])
 def test_not_judged_without_real_vdpbf16ps(path, extension):
     """Numbers from a widened or emulated path say nothing about the bar, good or bad."""
