@@ -42,12 +42,26 @@ namespace {
 
 constexpr int64_t kChunkW = kTileRows * kPairWidth;  // values of one panel's chunk of W
 
+// Where a copied row's values come from: per 64-byte piece of the row, the masked loads
+// that fill it, each selecting the lanes of one run (lanes outside a run are neither read nor
+// faulted on) from the row's start in A plus `offset` bytes. The same for every row of a
+// block, so worked out once per block; a row is then assembled piece by piece in a register
+// and stored whole: a masked store per run at its odd offsets made the first stem
+// convolution (runs of 9 values) take 1.15x as long (in-process A/B against the avx512 path,
+// the AMX Xeon of this file's numbers).
+struct RowLoad {
+  __mmask32 lanes;
+  int64_t offset;  // bytes from the row's first value in A (negative before it)
+  bool last;       // the piece's last load: store it
+};
+
 // The block's K as chunks of 32 values: the first `in_place` of them read from A where it
 // lies, the rest from `copy` (zero-padded, ldcopy values a row, rows 64-byte aligned); W's
 // chunks in place but for a last partial one, copied zero-padded per panel into `w_tail`.
 struct Operands {
   int64_t chunks, in_place, w_in_place;
   std::vector<bf16> copy_buffer, w_tail;
+  std::vector<RowLoad> row_loads;  // how each copied row is assembled
   bf16* copy;
   int64_t ldcopy;
 };
@@ -57,26 +71,35 @@ inline __mmask32 lanes(int64_t lo, int64_t hi) {  // bits [lo, hi) of 32, 0 <= l
   return static_cast<__mmask32>(below_hi & ~below_lo);
 }
 
-// dst[0:32·pieces] = `runs` runs of n values, run s from a + s·seg_stride placed at offset
-// 2·s·stride (stride: the run's pair count), zeros elsewhere. Each 64-byte piece is assembled
-// in a register from masked loads (lanes outside a run are neither read nor faulted on) and
-// stored once, whole: with a masked store per run (odd offsets, split cache lines) the first
-// stem convolution (runs of 9 values) took 1.15x as long (in-process A/B against the avx512
-// path, the AMX Xeon of this file's numbers).
-inline void gather_runs(bf16* dst, int64_t pieces, const bf16* a, int64_t seg_stride,
-                        int64_t runs, int64_t n, int64_t stride) {
+// `runs` runs of n values, run s at a + s·seg_stride, to row offset 2·s·stride (stride: the
+// run's pair count), zeros elsewhere, in pieces of 32 values.
+void plan_row_loads(int64_t pieces, int64_t seg_stride, int64_t runs, int64_t n, int64_t stride,
+                    std::vector<RowLoad>& loads) {
+  loads.clear();
   for (int64_t c = 0; c < pieces; ++c) {
     const int64_t first = 32 * c;
-    __m512i v = _mm512_setzero_si512();
+    const size_t before = loads.size();
     for (int64_t s = 0; s < runs; ++s) {
       const int64_t at = 2 * s * stride;  // the run's first lane in the row
       const int64_t lo = std::max(at, first), hi = std::min(at + n, first + 32);
       if (lo < hi)  // lane L of the piece holds run s's value first + L - at
-        v = _mm512_mask_loadu_epi16(
-            v, lanes(lo - first, hi - first),
-            reinterpret_cast<const char*>(a + s * seg_stride) + 2 * (first - at));
+        loads.push_back({lanes(lo - first, hi - first), 2 * (s * seg_stride + first - at), false});
     }
-    _mm512_storeu_si512(dst + first, v);
+    if (loads.size() == before) loads.push_back({0, 0, false});  // a piece of zeros only
+    loads.back().last = true;
+  }
+}
+
+inline void gather_row(bf16* dst, const bf16* a, const std::vector<RowLoad>& loads) {
+  const char* base = reinterpret_cast<const char*>(a);
+  __m512i v = _mm512_setzero_si512();
+  for (const RowLoad& l : loads) {
+    v = _mm512_mask_loadu_epi16(v, l.lanes, base + l.offset);
+    if (l.last) {
+      _mm512_storeu_si512(dst, v);
+      dst += kTileK;
+      v = _mm512_setzero_si512();
+    }
   }
 }
 
@@ -93,9 +116,9 @@ void prepare(const GemmBlockBf16& g, int64_t panels, Operands& op) {
     op.copy = op.copy_buffer.data() + ((64 - addr % 64) % 64) / sizeof(bf16);
     // Row i: the values of each run not read in place (nseg == 1: past the whole chunks).
     const int64_t skip = op.in_place * kTileK, pieces = op.ldcopy / kTileK;
+    plan_row_loads(pieces, g.seg_stride, g.nseg, g.kc - skip, run_pairs, op.row_loads);
     for (int64_t i = 0; i < g.m; ++i)
-      gather_runs(op.copy + i * op.ldcopy, pieces, g.a + i * g.lda + skip, g.seg_stride, g.nseg,
-                  g.kc - skip, run_pairs);
+      gather_row(op.copy + i * op.ldcopy, g.a + i * g.lda + skip, op.row_loads);
   }
   if (op.w_in_place < op.chunks) {
     const int64_t tail = pairs - op.w_in_place * kTileRows;  // pair rows
