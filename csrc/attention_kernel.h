@@ -208,12 +208,13 @@ inline void softmax_row(float* s, int64_t nkp, int64_t nk, float* inv, T* probs,
   auto sum = V::zero();
   for (int64_t j = 0; j < nkp; j += W) {
     auto e = exp<V>(V::sub(V::load(s + j), mxv));
-    if (rounded) {
+    if (rounded) {  // P·V reads the rounded e only (and never with probs)
       V::store_bf16(rounded + j, e);
       e = V::load_bf16(rounded + j);
+    } else {
+      V::store(s + j, e);
     }
     sum = V::add(sum, e);
-    V::store(s + j, e);
   }
   *inv = 1.0f / V::hsum(sum);
   if (probs) {

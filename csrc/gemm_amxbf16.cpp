@@ -191,7 +191,8 @@ void amx_block(const GemmBlockBf16& g) {
 
 GemmKernelBf16 gemm_kernel_bf16_amx() {
   return {&amx_block, 2 * kTileRows, 2 * kPanel, false,
-          "AMX tiles (tdpbf16ps, float32 accumulation; row tails on vdpbf16ps)"};
+          "AMX tiles (tdpbf16ps, float32 accumulation) for the GEMMs, convolutions and "
+          "attention"};
 }
 
 }  // namespace levit
