@@ -18,12 +18,7 @@ namespace levit {
 namespace {
 namespace amx {
 
-struct Config {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
+// Config: amx_tiles.h, which includes this file.
 struct Tiles {
   alignas(64) unsigned char data[8][16][64];
   Config cfg;

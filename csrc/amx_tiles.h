@@ -11,18 +11,25 @@
 
 #include <cstdint>
 
+namespace levit {
+namespace {
+namespace amx {
+// The 64-byte operand of ldtilecfg: palette 1, then each tile's bytes per row and rows.
+struct Config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+}  // namespace amx
+}  // namespace
+}  // namespace levit
+
 #if defined(LEVIT_EMULATE_AVX512)
 #include "amx_emulation.h"  // test builds: the tile instructions in plain C++
 #else
 namespace levit {
 namespace {
 namespace amx {
-// The intrinsics take the tile number as an immediate: one instantiation per tile.
-struct Config {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
 inline void configure(const Config& cfg) { _tile_loadconfig(&cfg); }
 // GCC's tile intrinsics paste their tile number into the assembly text, so each needs a
 // literal: one specialization per tile (and per product) the kernel uses.

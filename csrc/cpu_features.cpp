@@ -72,7 +72,8 @@ Features detect() {
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = f.avx512 && (a & (1u << 5));  // leaf 7 subleaf 1 EAX bit 5: AVX512_BF16
   }
-  // The AMX path also runs the AVX512_BF16 kernels (row tails, attention).
+  // The AMX path's epilogues and softmax are AVX-512 code rounding with AVX512_BF16's
+  // vcvtneps2bf16, and its attention probabilities run the avx512 kernels.
   f.amx_bf16 = f.avx512_bf16 && amx_tile && amx_bf16 && tiles_saved && amx_permitted();
 #endif
 #if defined(LEVIT_EMULATE_AVX512)

@@ -21,8 +21,8 @@
 //      other into that buffer, a 3×3 RGB patch's 27 values into one chunk instead of three.
 //   rows: the last m % 16 rows run in tiles configured with that many rows, which load and
 //      store no others.
-//   columns: a tile's 16 columns are a whole panel (columns past n are zero weights); only
-//      the valid ones are stored.
+//   columns: a tile's 16 columns are a whole panel; columns past n (zeros and one marker
+//      value, gemm_bf16.h) get sums that are never stored: only the valid ones are.
 // Sums leave the tiles through a 32×32 float32 scratch, where gemm_kernel_bf16.h's
 // finish_vector adds earlier K blocks' partial sums or applies the epilogue and rounds to
 // bf16 — the same code as the register-tiled kernels.
