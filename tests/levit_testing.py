@@ -150,13 +150,17 @@ def threads(request):
         yield request.param
 
 
-def assert_close(out, expected, rel=1e-5):
+def assert_close(out, expected, rel=1e-5, terms=None):
     """max|out - expected| <= rel · max|expected|: the float32 kernels' tolerance (see
-    test_cpu_kernels.py's docstring for why the bound is relative to the output's scale)."""
+    test_cpu_kernels.py's docstring for why the bound is relative to the output's scale).
+    `terms`: the magnitudes summed into each output (e.g. |x|·|W|ᵀ + |b| + |r|), for outputs
+    that may all cancel (a single one): the scale is then the larger of the two."""
     assert out.shape == expected.shape, (out.shape, expected.shape)
     assert torch.isfinite(out).all(), "non-finite output (a NaN guard or gap was read?)"
     err = (out.double() - expected.double()).abs().max().item() if out.numel() else 0.0
     scale = expected.abs().max().item() if expected.numel() else 0.0
+    if terms is not None and terms.numel():
+        scale = max(scale, terms.abs().max().item())
     assert err <= rel * max(scale, 1e-30), f"max err {err:.3e} vs {rel:.0e}·{scale:.3e}"
 
 
