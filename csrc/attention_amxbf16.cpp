@@ -48,35 +48,6 @@ struct Scratch {
   }
 };
 
-inline uint32_t pair_word(bf16 lo, bf16 hi) {
-  return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16);
-}
-
-// Kᵀ as pair words [p][j], dkp/2 rows of nkp keys; zeros past Dk and past Nk.
-void pack_k(const bf16* k, int64_t k_sn, int64_t nk, int64_t dk, int64_t dkp, int64_t nkp,
-            uint32_t* kt) {
-  std::fill(kt, kt + dkp / 2 * nkp, 0u);
-  for (int64_t j = 0; j < nk; ++j) {
-    const bf16* row = k + j * k_sn;
-    for (int64_t p = 0; p < (dk + 1) / 2; ++p)
-      kt[p * nkp + j] = pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0});
-  }
-}
-
-// V as pair words per panel of 16 channels: [panel][m][16], nk32/2 pair rows; zeros past Nk
-// and past Dv.
-void pack_v(const bf16* v, int64_t v_sn, int64_t nk, int64_t dv, int64_t nk32, uint32_t* vp) {
-  const int64_t pairs = nk32 / 2, panels = round_up(dv, kTileCols) / kTileCols;
-  std::fill(vp, vp + panels * pairs * kTileCols, 0u);
-  for (int64_t m = 0; m < (nk + 1) / 2; ++m) {
-    const bf16* even = v + 2 * m * v_sn;
-    const bf16* odd = 2 * m + 1 < nk ? even + v_sn : nullptr;
-    for (int64_t d = 0; d < dv; ++d)
-      vp[(d / kTileCols * pairs + m) * kTileCols + d % kTileCols] =
-          pair_word(even[d], odd ? odd[d] : bf16{0});
-  }
-}
-
 // Block rows [0, rows) (rows16 = rows rounded up to 16) × panels of 16 columns: C = A·B by
 // pairs of row tiles and pairs of panels, each C group stored to out (ldo floats a row).
 template <class AOf, class BOf>
@@ -109,15 +80,16 @@ void task(const AttnArgsT<bf16>& a, const AttnTask& cur, const AttnTask* next) {
   scratch.reserve(4 * (dkp / 2 * nkp + v_panels * nk32 / 2 * kTileCols + kBlockRows * nkp +
                        kBlockRows * dvp) +
                   2 * (kBlockRows * dkp + kBlockRows * nk32));
-  uint32_t* kt = scratch.take<uint32_t>(dkp / 2 * nkp);
-  uint32_t* vp = scratch.take<uint32_t>(v_panels * nk32 / 2 * kTileCols);
+  float* kt = scratch.take<float>(dkp / 2 * nkp);                 // pair words
+  float* vp = scratch.take<float>(v_panels * nk32 / 2 * kTileCols);  // pair words
   float* s = scratch.take<float>(kBlockRows * nkp);     // scores, then e as float32
   float* o = scratch.take<float>(kBlockRows * dvp);     // P·V sums
   bf16* qc = scratch.take<bf16>(kBlockRows * dkp);      // q rows, zero-padded
   bf16* e = scratch.take<bf16>(kBlockRows * nk32);      // e rounded to bf16, zero-padded
 
-  pack_k(a.k + b * a.k_sb + h * a.k_sh, a.k_sn, a.nk, a.dk, dkp, nkp, kt);
-  pack_v(a.v + b * a.v_sb + h * a.v_sh, a.v_sn, a.nk, a.dv, nk32, vp);
+  // Kᵀ: Dk'/2 pair rows of Nk' keys; V: panels of 16 channels, Nk32/2 pair rows each.
+  pack_k_pairs(a.k + b * a.k_sb + h * a.k_sh, a.k_sn, a.nk, a.dk, dkp / 2, nkp, kt);
+  pack_v_pairs(a.v + b * a.v_sb + h * a.v_sh, a.v_sn, a.nk, a.dv, dvp, kTileCols, nk32 / 2, vp);
   std::fill(qc, qc + kBlockRows * dkp, bf16{0});
   std::fill(e, e + kBlockRows * nk32, bf16{0});
   configure_tiles(kTileRows);

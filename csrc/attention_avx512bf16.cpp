@@ -20,13 +20,6 @@
 namespace levit {
 namespace {
 
-// The 32-bit word (lo, hi) of two bf16 values: what vdpbf16ps reads as one pair.
-inline uint32_t pair_word(bf16 lo, bf16 hi) {
-  return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16);
-}
-
-inline void put_word(float* slot, uint32_t word) { std::memcpy(slot, &word, 4); }
-
 inline __m512 dot_pairs(__m512 acc, uint32_t a_pair, __m512i b_pairs) {
   return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(a_pair)),
                           (__m512bh)b_pairs);
@@ -40,36 +33,14 @@ struct DotProducts {
     return vp + d0 * ((nk + 1) / 2);
   }
 
-  // Kᵀ as pairs: word [p][j] = (k[j, 2p], k[j, 2p+1]); 0 past Dk (odd Dk) and past Nk.
+  // attention_kernel.h's pair layouts: ⌈Dk/2⌉ rows of Kᵀ pairs, ⌈Nk/2⌉ of V pairs.
   static void pack_k(const bf16* kb, int64_t k_sn, int64_t nk, int64_t dk, int64_t nkp,
                      float* kt) {
-    const int64_t pairs = (dk + 1) / 2;
-    for (int64_t p = 0; p < pairs; ++p) std::fill(kt + p * nkp + nk, kt + (p + 1) * nkp, 0.0f);
-    for (int64_t j = 0; j < nk; ++j) {
-      const bf16* row = kb + j * k_sn;
-      for (int64_t p = 0; p < pairs; ++p)
-        put_word(kt + p * nkp + j,
-                 pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0}));
-    }
+    pack_k_pairs(kb, k_sn, nk, dk, (dk + 1) / 2, nkp, kt);
   }
-
-  // V as pairs of rows, in column blocks of `block` channels ([block][m][width] words,
-  // word = (v[2m, d], v[2m+1, d])); 0 past Dv and, for odd Nk, in the last pair's second row.
   static void pack_v(const bf16* vb, int64_t v_sn, int64_t nk, int64_t dv, int64_t dvp,
                      int64_t block, float* vp) {
-    const int64_t pairs = (nk + 1) / 2;
-    for (int64_t d0 = 0; d0 < dvp; d0 += block) {
-      const int64_t width = std::min<int64_t>(block, dvp - d0);
-      const int64_t valid = std::min(width, dv - d0);
-      float* dst = vp + d0 * pairs;
-      for (int64_t m = 0; m < pairs; ++m) {
-        const bf16* even = vb + 2 * m * v_sn + d0;
-        const bf16* odd = 2 * m + 1 < nk ? even + v_sn : nullptr;
-        for (int64_t d = 0; d < valid; ++d)
-          put_word(dst + m * width + d, pair_word(even[d], odd ? odd[d] : bf16{0}));
-        std::fill(dst + m * width + valid, dst + (m + 1) * width, 0.0f);
-      }
-    }
+    pack_v_pairs(vb, v_sn, nk, dv, dvp, block, (nk + 1) / 2, vp);
   }
 
   // always_inline: GCC 12 otherwise leaves some tail tiles (3×4, 4×3, 5×2) out of line, their

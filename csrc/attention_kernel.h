@@ -24,6 +24,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -131,6 +132,48 @@ struct WidenedProducts {
     }
   }
 };
+
+// bf16 pairs for the kernels that multiply them (vdpbf16ps: attention_avx512bf16.cpp; AMX
+// tiles: attention_amxbf16.cpp), in the 4-byte slots of float buffers, written by memcpy.
+// The 32-bit word (lo, hi) of two bf16 values: what both instructions read as one pair.
+inline uint32_t pair_word(bf16 lo, bf16 hi) {
+  return static_cast<uint32_t>(lo.bits) | (static_cast<uint32_t>(hi.bits) << 16);
+}
+
+inline void put_word(float* slot, uint32_t word) { std::memcpy(slot, &word, 4); }
+
+// Kᵀ as pairs: word [p][j] = (k[j, 2p], k[j, 2p+1]) for p < pair_rows (>= ⌈Dk/2⌉), j < nkp;
+// 0 past Dk (odd Dk, and rows past ⌈Dk/2⌉) and past Nk.
+inline void pack_k_pairs(const bf16* kb, int64_t k_sn, int64_t nk, int64_t dk,
+                         int64_t pair_rows, int64_t nkp, float* kt) {
+  const int64_t pairs = (dk + 1) / 2;
+  for (int64_t p = 0; p < pair_rows; ++p)
+    std::fill(kt + p * nkp + (p < pairs ? nk : 0), kt + (p + 1) * nkp, 0.0f);
+  for (int64_t j = 0; j < nk; ++j) {
+    const bf16* row = kb + j * k_sn;
+    for (int64_t p = 0; p < pairs; ++p)
+      put_word(kt + p * nkp + j, pair_word(row[2 * p], 2 * p + 1 < dk ? row[2 * p + 1] : bf16{0}));
+  }
+}
+
+// V as pairs of rows, in column blocks of `block` channels ([block][m][width] words, m <
+// pair_rows (>= ⌈Nk/2⌉), word = (v[2m, d], v[2m+1, d])); 0 past Dv and past Nk.
+inline void pack_v_pairs(const bf16* vb, int64_t v_sn, int64_t nk, int64_t dv, int64_t dvp,
+                         int64_t block, int64_t pair_rows, float* vp) {
+  for (int64_t d0 = 0; d0 < dvp; d0 += block) {
+    const int64_t width = std::min<int64_t>(block, dvp - d0);
+    const int64_t valid = std::max<int64_t>(0, std::min(width, dv - d0));
+    float* dst = vp + d0 * pair_rows;
+    for (int64_t m = 0; m < pair_rows; ++m) {
+      const bf16* even = 2 * m < nk ? vb + 2 * m * v_sn + d0 : nullptr;
+      const bf16* odd = 2 * m + 1 < nk ? even + v_sn : nullptr;
+      const int64_t filled = even ? valid : 0;
+      for (int64_t d = 0; d < filled; ++d)
+        put_word(dst + m * width + d, pair_word(even[d], odd ? odd[d] : bf16{0}));
+      std::fill(dst + m * width + filled, dst + (m + 1) * width, 0.0f);
+    }
+  }
+}
 
 // Calls f(std::integral_constant<int, n>{}) for a run-time n in [1, N], so that register
 // tiles can be sized at compile time for tails (fewer rows, fewer vectors).
