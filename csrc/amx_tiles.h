@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace levit {
 namespace {
@@ -78,6 +79,16 @@ inline void configure_tiles(int rows) {
     cfg.rows[t] = t < 6 ? rows : kTileRows;
   }
   amx::configure(cfg);
+}
+
+// `buf` grown to hold n values from its first 64-byte boundary on (tile rows loaded from a
+// copy then never straddle cache lines); returns that boundary.
+template <class T>
+T* aligned_64(std::vector<T>& buf, int64_t n) {
+  const size_t need = static_cast<size_t>(n) + 64 / sizeof(T);
+  if (buf.size() < need) buf.resize(need);
+  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + (64 - addr % 64) % 64 / sizeof(T);
 }
 
 // A chunk's operand: its first tile's rows at `p`, `stride` bytes apart; `next` bytes from

@@ -35,11 +35,7 @@ int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 struct Scratch {
   std::vector<char> bytes;
   char* next;
-  void reserve(size_t n) {
-    if (bytes.size() < n + 64) bytes.resize(n + 64);
-    const auto addr = reinterpret_cast<uintptr_t>(bytes.data());
-    next = bytes.data() + (64 - addr % 64) % 64;
-  }
+  void reserve(int64_t n) { next = aligned_64(bytes, n); }
   template <class T>
   T* take(int64_t count) {  // count·sizeof(T) is a multiple of 64 for every caller
     T* p = reinterpret_cast<T*>(next);
@@ -93,7 +89,6 @@ void task(const AttnArgsT<bf16>& a, const AttnTask& cur, const AttnTask* next) {
   std::fill(qc, qc + kBlockRows * dkp, bf16{0});
   std::fill(e, e + kBlockRows * nk32, bf16{0});
   configure_tiles(kTileRows);
-  const auto ninf = V::set1(-std::numeric_limits<float>::infinity());
   const auto scale = V::set1(a.scale);
   float inv[kBlockRows];
 
@@ -115,14 +110,8 @@ void task(const AttnArgsT<bf16>& a, const AttnTask& cur, const AttnTask* next) {
     const bf16* bias = a.bias + (h * a.nq + i) * a.nk;
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = s + r * nkp;
-      for (int64_t j = 0; j < nkp; j += kTileCols) {
-        const int64_t valid = a.nk - j;
-        auto x = V::fma(V::load(sr + j), scale,
-                        valid >= kTileCols ? V::load_bf16(bias + r * a.nk + j)
-                                        : V::load_bf16(bias + r * a.nk + j, valid));
-        if (valid < kTileCols) x = V::select(V::tail(valid), x, ninf);
-        V::store(sr + j, x);
-      }
+      for (int64_t j = 0; j < nkp; j += kTileCols)
+        V::store(sr + j, scaled_score<V>(V::load(sr + j), scale, bias + r * a.nk + j, a.nk - j));
       softmax_row<V, bf16>(sr, nkp, a.nk, inv + r, nullptr, e + r * nk32);
     }
     product(
@@ -139,12 +128,8 @@ void task(const AttnArgsT<bf16>& a, const AttnTask& cur, const AttnTask* next) {
     const int64_t ldo = a.heads * a.dv;
     for (int64_t r = 0; r < rows; ++r) {
       const auto iv = V::set1(inv[r]);
-      for (int64_t d = 0; d < a.dv; d += kTileCols) {
-        auto x = V::mul(V::load(o + r * dvp + d), iv);
-        if (a.hardswish) x = hardswish<V>(x);
-        if (d + kTileCols <= a.dv) V::store_bf16(out + r * ldo + d, x);
-        else V::store_bf16(out + r * ldo + d, x, a.dv - d);
-      }
+      for (int64_t d = 0; d < a.dv; d += kTileCols)
+        store_output<V>(out + r * ldo + d, V::load(o + r * dvp + d), iv, a.hardswish, a.dv - d);
     }
   }
 }

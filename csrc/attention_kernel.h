@@ -183,6 +183,27 @@ inline void with_count(int64_t n, F&& f) {
   else if constexpr (N > 1) with_count<N - 1>(n, f);
 }
 
+// A vector of scores finished: scale·x + bias (keys j..j+W of a bias row; the first `valid`
+// of them, -inf past Nk when fewer than W).
+template <class V, class T>
+[[gnu::always_inline]] inline typename V::vec scaled_score(typename V::vec x, typename V::vec scale,
+                                                           const T* bias, int64_t valid) {
+  if (valid >= V::W) return V::fma(x, scale, load_as_float<V>(bias));
+  const auto ninf = V::set1(-std::numeric_limits<float>::infinity());
+  return V::select(V::tail(valid), V::fma(x, scale, load_as_float<V>(bias, valid)), ninf);
+}
+
+// A vector of P·V sums finished: ·1/sum, Hardswish if asked, stored to out (its first
+// `valid` channels when fewer than W).
+template <class V, class T>
+[[gnu::always_inline]] inline void store_output(T* out, typename V::vec x, typename V::vec inv,
+                                                bool hswish, int64_t valid) {
+  x = V::mul(x, inv);
+  if (hswish) x = hardswish<V>(x);
+  if (valid >= V::W) store_from_float<V>(out, x);
+  else store_from_float<V>(out, x, valid);
+}
+
 // S[r, j0 : j0 + JB·W] for R rows.
 template <class V, class T, class K, int R, int JB>
 inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* kt, int64_t j0) {
@@ -194,19 +215,14 @@ inline void score_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* k
 #pragma GCC unroll 8
     for (int c = 0; c < JB; ++c) acc[r][c] = V::zero();
   K::template scores<V, T, R, JB>(acc, a, rw, kt, j0);
-  const vec scale = V::set1(a.scale), ninf = V::set1(-std::numeric_limits<float>::infinity());
+  const vec scale = V::set1(a.scale);
 #pragma GCC unroll 8
   for (int c = 0; c < JB; ++c) {
     const int64_t j = j0 + c * W, valid = a.nk - j;
-    const auto m = V::tail(valid);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const T* bp = rw.bias + r * a.nk + j;
-      vec x = V::fma(acc[r][c], scale,
-                     valid >= W ? load_as_float<V>(bp) : load_as_float<V>(bp, valid));
-      if (valid < W) x = V::select(m, x, ninf);
-      V::store(rw.s + r * rw.nkp + j, x);
-    }
+    for (int r = 0; r < R; ++r)
+      V::store(rw.s + r * rw.nkp + j,
+               scaled_score<V>(acc[r][c], scale, rw.bias + r * a.nk + j, valid));
   }
 }
 
@@ -216,7 +232,6 @@ inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, 
                      int64_t ldo, int64_t d0) {
   using vec = typename V::vec;
   constexpr int W = V::W;
-  const bool full = d0 + DB * W <= a.dv;
   vec acc[R][DB];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -227,13 +242,8 @@ inline void pv_block(const AttnArgsT<T>& a, const Rows<T>& rw, const float* vp, 
   for (int r = 0; r < R; ++r) {
     const vec inv = V::set1(rw.inv[r]);
 #pragma GCC unroll 8
-    for (int c = 0; c < DB; ++c) {
-      vec x = V::mul(acc[r][c], inv);
-      if (a.hardswish) x = hardswish<V>(x);
-      T* op = out + r * ldo + d0 + c * W;
-      if (full) store_from_float<V>(op, x);
-      else store_from_float<V>(op, x, a.dv - d0 - c * W);
-    }
+    for (int c = 0; c < DB; ++c)
+      store_output<V>(out + r * ldo + d0 + c * W, acc[r][c], inv, a.hardswish, a.dv - d0 - c * W);
   }
 }
 

@@ -110,10 +110,7 @@ void prepare(const GemmBlockBf16& g, int64_t panels, Operands& op) {
   op.w_in_place = pairs / kTileRows;
   op.ldcopy = (op.chunks - op.in_place) * kTileK;
   if (op.ldcopy > 0) {
-    const int64_t need = g.m * op.ldcopy + kTileK;  // + room to align the start
-    if (static_cast<int64_t>(op.copy_buffer.size()) < need) op.copy_buffer.resize(need);
-    const auto addr = reinterpret_cast<uintptr_t>(op.copy_buffer.data());
-    op.copy = op.copy_buffer.data() + ((64 - addr % 64) % 64) / sizeof(bf16);
+    op.copy = aligned_64(op.copy_buffer, g.m * op.ldcopy);
     // Row i: the values of each run not read in place (nseg == 1: past the whole chunks).
     const int64_t skip = op.in_place * kTileK, pieces = op.ldcopy / kTileK;
     plan_row_loads(pieces, g.seg_stride, g.nseg, g.kc - skip, run_pairs, op.row_loads);
